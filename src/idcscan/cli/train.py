@@ -1,0 +1,3 @@
+"""CLI commands: train (to be filled by its area)."""
+
+from idcscan.cli.app import app  # noqa: F401

@@ -1,0 +1,1 @@
+"""Data: the Kaggle layout, synthetic data, packing, patient splits, the training DataModule."""

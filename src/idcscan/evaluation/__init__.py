@@ -1,0 +1,1 @@
+"""Evaluation: metrics with patient-level bootstrap CIs, plots, the human-readable report."""

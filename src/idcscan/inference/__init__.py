@@ -1,0 +1,1 @@
+"""Torch-free inference: bundle loading, ONNX Runtime prediction, explanations, slides."""

@@ -1,0 +1,127 @@
+"""ONNX Runtime predictor: the single path by which every command and the server score patches.
+
+``evaluate``, ``predict``, ``serve`` and ``slide`` all call this class, so the same patch gets
+the same probability everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from idcscan.errors import IdcscanError
+from idcscan.inference.bundle import Bundle, load_bundle
+
+
+def dihedral_views(patches: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of the square (4 rotations x optional flip) of NHWC patches.
+
+    Tissue has no preferred orientation, so averaging over them (TTA) is free accuracy.
+    """
+    views = []
+    for flip in (False, True):
+        base = patches[:, :, ::-1] if flip else patches
+        for k in range(4):
+            views.append(np.ascontiguousarray(np.rot90(base, k=k, axes=(1, 2))))
+    return views
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class Predictor:
+    """Score uint8 RGB patches (N, patch, patch, 3) with a bundle's ONNX model."""
+
+    def __init__(
+        self,
+        bundle: Bundle | str | Path,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+        onnx_file: str | Path | None = None,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.card = self.bundle.card
+        self.pre = self.card.pre
+        self.batch_size = batch_size
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        model_path = str(onnx_file or self.bundle.onnx_path)
+        try:
+            self.session = ort.InferenceSession(
+                model_path, sess_options=options, providers=providers or default_providers()
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise IdcscanError(f"ONNX Runtime could not load {model_path}: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.threshold)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.card.calibration.temperature)
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated P(IDC) from raw logits (temperature scaling fitted on validation)."""
+        return sigmoid(np.asarray(logits, dtype=np.float64) / self.temperature)
+
+    def _check(self, patches: np.ndarray) -> np.ndarray:
+        p = self.pre.patch_size
+        if patches.ndim != 4 or patches.shape[1:] != (p, p, 3):
+            raise IdcscanError(f"Expected patches of shape (N, {p}, {p}, 3), got {patches.shape}.")
+        return np.ascontiguousarray(patches, dtype=np.uint8)
+
+    def _run(self, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        return self.session.run(outputs, {self.input_name: batch})
+
+    def logits(self, patches: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Raw logits; with ``tta`` the mean logit over the 8 dihedral views."""
+        patches = self._check(patches)
+        out = np.empty(len(patches), dtype=np.float32)
+        for start in range(0, len(patches), self.batch_size):
+            batch = patches[start : start + self.batch_size]
+            if tta:
+                views = dihedral_views(batch)
+                stacked = np.concatenate(views)
+                logit = self._run(stacked, ["logit"])[0].reshape(len(views), len(batch))
+                out[start : start + len(batch)] = logit.mean(axis=0)
+            else:
+                out[start : start + len(batch)] = self._run(batch, ["logit"])[0].reshape(-1)
+        return out
+
+    def predict_proba(self, patches: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Calibrated P(IDC) per patch."""
+        if len(patches) == 0:
+            return np.empty(0, dtype=np.float64)
+        return self.calibrate(self.logits(patches, tta=tta))
+
+    def predict_with_cam(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated P(IDC) and the Grad-CAM maps (N, h, w) of the IDC logit."""
+        patches = self._check(patches)
+        probs, cams = [], []
+        for start in range(0, len(patches), self.batch_size):
+            logit, cam = self._run(patches[start : start + self.batch_size], ["logit", "cam"])
+            probs.append(self.calibrate(logit.reshape(-1)))
+            cams.append(cam)
+        return np.concatenate(probs), np.concatenate(cams)
+
+    def iter_proba(
+        self, batches: Iterable[np.ndarray], tta: bool = False
+    ) -> Iterator[np.ndarray]:
+        """Stream probabilities for an iterable of patch batches (slides, folders)."""
+        for batch in batches:
+            yield self.predict_proba(batch, tta=tta)

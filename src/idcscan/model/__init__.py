@@ -1,0 +1,1 @@
+"""Training-side model code (needs torch): network, weights, Lightning module, export."""

@@ -1,0 +1,1 @@
+"""Web service: FastAPI app factory, schemas, dashboard static files."""
