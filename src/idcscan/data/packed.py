@@ -95,4 +95,5 @@ def load_packed(root: str | Path) -> PackedDataset:
     meta = json.loads((root / META).read_text()) if (root / META).is_file() else {}
     if len(idx["row"]) and idx["row"].max() >= len(patches):
         raise IdcscanError(f"{root / INDEX} points past the end of {PATCHES}; re-run prepare.")
-    return PackedDataset(root=root, patches=patches, meta=meta, **idx)
+    rows = idx.pop("row")  # index.csv column "row" -> field "rows"
+    return PackedDataset(root=root, patches=patches, rows=rows, meta=meta, **idx)

@@ -1,0 +1,187 @@
+"""report.md: the evaluation as a person reads it, rendered from the metrics.json contents.
+
+The report is built only from the summary dict that metrics.json holds, so the two can never
+tell different stories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from idcscan import DISCLAIMER
+
+#: Display name and a short gloss for every scalar metric, in table order.
+METRIC_LABELS: dict[str, str] = {
+    "auc": "ROC AUC",
+    "pr_auc": "PR AUC (average precision)",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "f1": "F1 (IDC)",
+    "sensitivity": "Sensitivity (recall, IDC found)",
+    "specificity": "Specificity (non-IDC cleared)",
+    "precision": "Precision (PPV)",
+    "ece": "Expected calibration error",
+}
+
+# Keys a model card may use to say how its threshold was chosen (training area's choice).
+_THRESHOLD_KEYS = ("threshold_method", "threshold_rule", "threshold_source", "threshold_note")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            items.extend(_flatten(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            items.append((name, value))
+    return items
+
+
+def threshold_note(bundle: Mapping[str, Any]) -> str:
+    """How the bundle's threshold came about, in words, from whatever the card records."""
+    sources = [bundle.get("card_extra") or {}, bundle.get("card_training") or {}]
+    for source in sources:
+        for key in _THRESHOLD_KEYS:
+            if source.get(key):
+                return str(source[key])
+    return "chosen when the model was trained (see model.json)"
+
+
+def _table(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "")) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return lines
+
+
+def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] | None = None,
+                  max_patients: int = 40) -> str:
+    """Markdown report; figures are referenced by file name next to report.md."""
+    bundle = summary["bundle"]
+    data = summary["data"]
+    ci = summary["ci95"]
+    ci_info = summary.get("ci", {})
+    level = int(round(100 * ci_info.get("level", 0.95)))
+    threshold = summary["threshold"]
+    lines = [
+        "# idcscan evaluation report",
+        "",
+        f"> **{DISCLAIMER}**",
+        "",
+        f"Model `{bundle['name']}` evaluated on the **{summary['split']}** split of "
+        f"`{data['path']}`: {data['n_patches']:,} patches from {data['n_patients']} patients. "
+        f"Created {summary.get('created', '')} by idcscan {summary.get('idcscan_version', '')}.",
+        "",
+    ]
+    if bundle.get("demo"):
+        lines += ["> This is a **demo model** (trained briefly); its numbers say nothing "
+                  "about what idcscan can do on real data.", ""]
+
+    lines += ["## Model", ""]
+    lines += _table([
+        ("Bundle", f"{bundle['name']} {bundle['version']} (`{bundle['path']}`)"),
+        ("Backbone", f"`{bundle['backbone']}`"),
+        ("Input", f"{bundle['patch_size']} px patches at {bundle['mpp']} µm/px, resized to "
+                  f"{bundle['input_size']} px inside the ONNX graph"),
+        ("Calibration", f"temperature scaling, T = {bundle['temperature']:.4f}"),
+        ("Threshold", f"P(IDC) >= {threshold:.4f} is called IDC"),
+        ("ONNX sha256", f"`{bundle['onnx_sha256']}`"),
+    ])
+    card_metrics = _flatten(bundle.get("card_metrics") or {})
+    if card_metrics:
+        lines += ["", "Metrics recorded in the model card at training time:", ""]
+        lines += _table([(f"`{k}`", _fmt(v)) for k, v in card_metrics[:30]], ("Metric", "Value"))
+
+    n_idc = data["n_idc"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- Split: **{summary['split']}** ({data['n_patients']} patients, "
+        f"{data['n_patches']:,} patches, {n_idc:,} IDC = {data['idc_prevalence']:.1%})",
+        f"- Test-time augmentation: {'8 dihedral views, mean logit' if summary['tta'] else 'off'}",
+        "",
+        "## Metrics",
+        "",
+        f"Patch-level metrics at the bundle's threshold, with {level}% confidence intervals.",
+        "",
+        f"| Metric | Value | {level}% CI |",
+        "|---|---|---|",
+    ]
+    for key, label in METRIC_LABELS.items():
+        low, high = ci.get(key, [None, None])
+        interval = "n/a" if low is None else f"{low:.4f} - {high:.4f}"
+        lines.append(f"| {label} | {_fmt(summary.get(key))} | {interval} |")
+    (tn, fp), (fn, tp) = summary["confusion_matrix"]
+    lines += [
+        "",
+        f"Intervals: {ci_info.get('method', 'bootstrap over patients')} "
+        f"({ci_info.get('n_boot', '?')} resamples, seed {ci_info.get('seed', '?')}). "
+        "Patches of one patient share tissue, stain and scanner, so they are not independent "
+        "samples; resampling whole patients gives honest (wider) intervals than resampling "
+        f"patches. With {data['n_patients']} patients the intervals are only as precise as "
+        "that many patients allow. ECE uses "
+        f"{summary.get('ece_bins', 15)} equal-width bins of P(IDC).",
+        "",
+        "Confusion matrix (patches):",
+        "",
+        "| | predicted no IDC | predicted IDC |",
+        "|---|---|---|",
+        f"| **true no IDC** | {tn:,} (TN) | {fp:,} (FP) |",
+        f"| **true IDC** | {fn:,} (FN) | {tp:,} (TP) |",
+        "",
+        "## Threshold",
+        "",
+        f"The threshold {threshold:.4f} is read from the bundle's model card: "
+        f"{threshold_note(bundle)}. It was fixed before this evaluation, so the "
+        f"{summary['split']} data did not influence it. Probabilities are "
+        "temperature-calibrated P(IDC), exactly as `idcscan predict` and the server report them.",
+        "",
+        "## Figures",
+        "",
+        "![ROC curve](roc.png) ![Precision-recall curve](pr.png)",
+        "",
+        "![Confusion matrix](confusion_matrix.png) ![Reliability diagram](calibration.png)",
+        "",
+    ]
+    if patients:
+        shown = sorted(patients, key=lambda r: r["accuracy"])[:max_patients]
+        cut = f", the {max_patients} worst" if len(patients) > max_patients else ""
+        lines += [
+            "## Patients",
+            "",
+            f"Per-patient results (worst accuracy first{cut}; all in `patients.csv`).",
+            "",
+            "| Patient | Patches | IDC fraction (true) | IDC fraction (called) | AUC | Accuracy |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in shown:
+            lines.append(
+                f"| {r['patient']} | {r['n_patches']:,} | {r['idc_fraction_true']:.3f} | "
+                f"{r['idc_fraction_pred']:.3f} | {_fmt(r['auc'], 3)} | {r['accuracy']:.3f} |"
+            )
+        lines.append("")
+    lines += [
+        "## Files",
+        "",
+        "- `metrics.json`: every number above, machine-readable",
+        "- `predictions.csv`: P(IDC) per patch (row, patient, x, y, label, probability)",
+        "- `patients.csv`: per-patient table",
+        "",
+        f"*{DISCLAIMER}*",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""report.md rendering: what a reader must always see."""
+
+from __future__ import annotations
+
+from idcscan import DISCLAIMER
+from idcscan.evaluation.metrics import SCALAR_METRICS
+from idcscan.evaluation.report import render_report
+
+
+def summary(**bundle_extra):
+    bundle = {
+        "path": "/b", "name": "idcscan-x", "version": "0.1.0", "backbone": "resnet18",
+        "input_size": 96, "patch_size": 50, "mpp": 4.0, "temperature": 1.3, "threshold": 0.42,
+        "onnx_sha256": "ab" * 32, "demo": False, "card_metrics": {"val": {"auc": 0.91}},
+        "card_training": {}, "card_extra": {},
+    }
+    bundle.update(bundle_extra)
+    s = {k: 0.5 for k in SCALAR_METRICS}
+    s.update(auc=None, threshold=0.42, n_patches=10, n_patients=2, split="test", tta=False,
+             confusion_matrix=[[4, 1], [2, 3]], bundle=bundle,
+             ci95={k: [0.4, 0.6] for k in SCALAR_METRICS} | {"auc": [None, None]},
+             data={"path": "/d", "n_patches": 10, "n_patients": 2, "n_idc": 5,
+                   "idc_prevalence": 0.5})
+    return s
+
+
+def test_report_shows_disclaimer_metrics_and_threshold_source():
+    text = render_report(summary(card_training={"threshold_method": "Youden's J on val"}))
+    assert text.index(DISCLAIMER) < text.index("## Model")
+    assert "| ROC AUC | n/a | n/a |" in text  # undefined metric shown, not hidden or crashed
+    assert "| Accuracy | 0.5000 | 0.4000 - 0.6000 |" in text
+    assert "Youden's J on val" in text and "0.4200" in text
+    assert "`val.auc` | 0.9100" in text
+    assert "| **true IDC** | 2 (FN) | 3 (TP) |" in text
+    assert "demo model" not in text
+
+
+def test_report_flags_demo_models():
+    assert "demo model" in render_report(summary(demo=True))
