@@ -33,3 +33,23 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_kaggle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset in the exact Kaggle layout: 12 patients x 40 patches, seed 0."""
+    from idcscan.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("kaggle") / "IDC_regular_ps50_idx5"
+    generate_dataset(root, patients=12, patches_per_patient=40, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared_data(synthetic_kaggle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``synthetic_kaggle`` packed by ``prepare`` (default fractions, seed 0); read-only."""
+    from idcscan.data.packing import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(synthetic_kaggle, out, val_frac=0.15, test_frac=0.15, seed=0, progress=False)
+    return out
