@@ -7,6 +7,8 @@ from idcscan.cli import evaluate as _evaluate  # noqa: F401
 from idcscan.cli import predict as _predict  # noqa: F401
 from idcscan.cli import serve as _serve  # noqa: F401
 from idcscan.cli import slide as _slide  # noqa: F401
+from idcscan.cli import quantize as _quantize  # noqa: F401
+from idcscan.cli import demo as _demo  # noqa: F401
 
 
 def main() -> None:

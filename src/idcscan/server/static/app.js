@@ -1,0 +1,476 @@
+/*
+ * idcscan patch dashboard. Plain JavaScript, no build step, no network access beyond this server.
+ *
+ * Each chosen image gets a card at once (local thumbnail + spinner); the images are then sent
+ * to POST /predict?explain=true a few at a time, so results appear as they are ready, one file's
+ * rejection never hides the others, and the server's own error text is shown on that file's card.
+ */
+"use strict";
+
+(function () {
+  const MAX_PARALLEL = 4;
+
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    input: $("file-input"),
+    dropzone: $("dropzone"),
+    results: $("results"),
+    empty: $("empty-state"),
+    summary: $("summary"),
+    explainAll: $("explain-all"),
+    clear: $("clear-results"),
+    csv: $("download-csv"),
+    template: $("result-template"),
+    modelBody: $("model-card-body"),
+    status: $("model-status"),
+    statusText: $("model-status-text"),
+    demoBanner: $("demo-banner"),
+    serverBanner: $("server-banner"),
+    serverBannerText: $("server-banner-text"),
+    disclaimer: $("disclaimer-text"),
+    footerVersions: $("footer-versions"),
+  };
+
+  /** Every analysed (or rejected) file, in upload order. */
+  const items = [];
+  const queue = [];
+  let running = 0;
+  let nextId = 1;
+
+  // ---------------------------------------------------------------- helpers
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of [].concat(children || [])) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function pct(value) {
+    return `${Number(value).toFixed(2)}%`;
+  }
+
+  function humanize(key) {
+    const special = {
+      auc: "AUC", roc_auc: "ROC AUC", pr_auc: "PR AUC", ece: "ECE", mpp: "µm / px",
+      f1: "F1", ppv: "PPV", npv: "NPV", tpr: "TPR", tnr: "TNR", fpr: "FPR", ci: "CI",
+      onnx_sha256: "ONNX sha256", n: "n",
+    };
+    if (special[key]) return special[key];
+    return String(key)
+      .replace(/_/g, " ")
+      .replace(/\b(auc|ci|ece|f1|roc|pr|id)\b/gi, (m) => m.toUpperCase())
+      .replace(/^./, (c) => c.toUpperCase());
+  }
+
+  function formatValue(value) {
+    if (value === null || value === undefined) return "—";
+    if (typeof value === "boolean") return value ? "yes" : "no";
+    if (typeof value === "number") {
+      if (Number.isInteger(value)) return value.toLocaleString("en-US");
+      return Math.abs(value) >= 100 ? value.toFixed(1) : value.toFixed(3);
+    }
+    if (Array.isArray(value)) {
+      if (value.every((v) => typeof v === "number") && value.length === 2) {
+        return `${formatValue(value[0])} – ${formatValue(value[1])}`;
+      }
+      return value.map(formatValue).join(", ");
+    }
+    if (typeof value === "object") {
+      return Object.entries(value).map(([k, v]) => `${humanize(k)}: ${formatValue(v)}`).join("; ");
+    }
+    return String(value);
+  }
+
+  /** A definition list of flat key/values; nested objects are flattened one level. */
+  function kvList(entries) {
+    const dl = el("dl", { class: "kv" });
+    for (const [key, value] of entries) {
+      if (value === undefined || value === "") continue;
+      dl.append(el("dt", { text: key }), el("dd", { text: formatValue(value) }));
+    }
+    return dl;
+  }
+
+  function section(title, content) {
+    const frag = document.createDocumentFragment();
+    frag.append(el("h3", { class: "panel__subtitle", text: title }), content);
+    return frag;
+  }
+
+  // ---------------------------------------------------------------- model card (/health)
+
+  function cardFrom(health) {
+    return health.model_card || health.card || health.model || health;
+  }
+
+  function renderMetrics(metrics) {
+    const entries = Object.entries(metrics || {});
+    if (!entries.length) return el("p", { class: "muted small prose", text: "No metrics recorded." });
+    const frag = document.createDocumentFragment();
+    const flat = entries.filter(([, v]) => v === null || typeof v !== "object" || Array.isArray(v));
+    if (flat.length) frag.append(kvList(flat.map(([k, v]) => [humanize(k), v])));
+    for (const [group, values] of entries) {
+      if (values === null || typeof values !== "object" || Array.isArray(values)) continue;
+      frag.append(el("p", { class: "kv-group", text: humanize(group) }));
+      frag.append(kvList(Object.entries(values).map(([k, v]) => [humanize(k), v])));
+    }
+    return frag;
+  }
+
+  function renderModelCard(health) {
+    const card = cardFrom(health);
+    const body = els.modelBody;
+    body.replaceChildren();
+
+    const threshold = Number(card.threshold);
+    const calibration = card.calibration || {};
+    const chips = [];
+    if (card.version) chips.push(el("span", { class: "badge badge--neutral", text: `v${card.version}` }));
+    if (card.demo || health.demo) chips.push(el("span", { class: "badge badge--warning", text: "demo" }));
+    if (card.quantization) chips.push(el("span", { class: "badge badge--neutral", text: "int8" }));
+    body.append(
+      el("p", { class: "model-name", text: card.name || "unnamed model" }),
+      el("div", { class: "model-meta" }, chips),
+      kvList([
+        ["Backbone", card.backbone],
+        ["Input size", card.input_size ? `${card.input_size} × ${card.input_size} px` : undefined],
+        ["Patch size", card.patch_size ? `${card.patch_size} × ${card.patch_size} px` : undefined],
+        ["Scale", card.mpp ? `${card.mpp} µm / px` : undefined],
+        ["Threshold", Number.isFinite(threshold) ? `P(IDC) ≥ ${pct(threshold * 100)}` : undefined],
+        ["Calibration", calibration.method
+          ? `${calibration.method}${calibration.temperature !== undefined ? ` (T = ${Number(calibration.temperature).toFixed(3)})` : ""}`
+          : undefined],
+      ]),
+    );
+    if (card.quantization) {
+      body.append(section("Quantization", kvList(
+        Object.entries(card.quantization).map(([k, v]) => [humanize(k), v]),
+      )));
+    }
+    body.append(section("Validation metrics", renderMetrics(card.metrics)));
+    const data = card.data || {};
+    const dataEntries = Object.entries(data).map(([k, v]) => [humanize(k), v]);
+    body.append(section("Training data", dataEntries.length
+      ? kvList(dataEntries)
+      : el("p", { class: "muted small prose", text: "No data provenance recorded." })));
+    if (card.created) {
+      body.append(el("p", { class: "muted small prose", text: `Exported ${card.created}` }));
+    }
+
+    const demo = Boolean(card.demo || health.demo);
+    els.demoBanner.hidden = !demo;
+    const label = `${card.name || "model"}${card.version ? ` v${card.version}` : ""}`;
+    setStatus(health.model_loaded === false ? "bad" : "ok",
+      health.model_loaded === false ? "Model not loaded" : `${label}${demo ? " · demo" : ""} · ready`);
+
+    const limits = health.limits || {};
+    if (limits.max_upload_mb) {
+      $("upload-limit").textContent = ` Up to ${formatValue(limits.max_upload_mb)} MB per file.`;
+    }
+    const disclaimer = health.disclaimer || card.disclaimer;
+    if (disclaimer) els.disclaimer.textContent = disclaimer;
+    const versions = health.versions || card.versions || {};
+    els.footerVersions.textContent = Object.entries(versions)
+      .filter(([name]) => ["idcscan", "onnxruntime"].includes(name))
+      .map(([name, v]) => `${name} ${v}`)
+      .join(" · ");
+  }
+
+  function setStatus(kind, text) {
+    const dot = els.status.querySelector(".status-dot");
+    dot.className = `status-dot status-dot--${kind}`;
+    els.statusText.textContent = text;
+  }
+
+  async function loadHealth() {
+    try {
+      const response = await fetch("/health", { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      renderModelCard(await response.json());
+      els.serverBanner.hidden = true;
+    } catch (err) {
+      setStatus("bad", "Server unreachable");
+      els.serverBanner.hidden = false;
+      els.modelBody.replaceChildren(
+        el("p", { class: "muted small prose", text: `The model card could not be loaded (${err.message}).` }),
+      );
+    }
+  }
+
+  // ---------------------------------------------------------------- results
+
+  function createCard(item) {
+    const node = els.template.content.firstElementChild.cloneNode(true);
+    node.dataset.id = String(item.id);
+    node.querySelector(".result__name").textContent = item.file.name || "pasted image";
+    node.querySelector(".result__name").title = item.file.name || "";
+    const img = node.querySelector("img");
+    if (item.file.type && item.file.type.startsWith("image/") && item.file.type !== "image/tiff") {
+      item.objectUrl = URL.createObjectURL(item.file);
+      img.src = item.objectUrl;
+      img.alt = `Uploaded image ${item.file.name}`;
+      img.hidden = false;
+      img.addEventListener("error", () => { img.hidden = true; }, { once: true });
+    }
+    item.node = node;
+    return node;
+  }
+
+  function showResult(item) {
+    const r = item.result;
+    const node = item.node;
+    const positive = Number(r.predicted_class) === 1;
+    node.className = `card result ${positive ? "result--positive" : "result--negative"}`;
+    node.querySelector(".spinner").remove();
+
+    const img = node.querySelector("img");
+    img.src = r.image;
+    img.alt = `${item.file.name}: patch as the model saw it`;
+    img.hidden = false;
+    releaseThumb(item);
+
+    const body = node.querySelector(".result__body");
+
+    const probability = Number(r.probability_positive);
+    const threshold = Number(r.threshold);
+    const meter = el("div", {
+      class: `meter ${positive ? "meter--positive" : ""}`,
+      role: "meter",
+      "aria-valuemin": 0,
+      "aria-valuemax": 100,
+      "aria-valuenow": probability,
+      "aria-valuetext": `P(IDC) ${pct(probability)}, threshold ${pct(threshold)}`,
+      "aria-label": "Probability of IDC",
+    }, [
+      el("div", { class: "meter__fill", style: `width: ${Math.max(0, Math.min(100, probability))}%` }),
+      el("div", {
+        class: "meter__threshold",
+        style: `left: ${Math.max(0, Math.min(100, threshold))}%`,
+        title: `Decision threshold ${pct(threshold)}`,
+      }),
+    ]);
+
+    // The threshold label sits under its tick; an end label it would cover is dropped.
+    const at = Math.max(14, Math.min(86, threshold));
+    const scale = el("div", { class: "meter__scale", "aria-hidden": "true" }, [
+      threshold > 22 ? el("span", { class: "meter__scale-mark meter__scale-mark--start", text: "0%" }) : null,
+      el("span", { class: "meter__scale-mark", style: `left: ${at}%`, text: `threshold ${pct(threshold)}` }),
+      threshold < 78 ? el("span", { class: "meter__scale-mark meter__scale-mark--end", text: "100%" }) : null,
+    ]);
+    body.append(
+      el("div", { class: "result__verdict", "data-testid": "verdict", text: r.class_name }),
+      el("div", { class: "meter-block" }, [meter, scale]),
+      el("div", { class: "result__numbers" }, [
+        el("span", {}, ["P(IDC) ", el("strong", { "data-testid": "probability", text: pct(probability) })]),
+        el("span", {}, ["Confidence ", el("strong", { "data-testid": "confidence", text: pct(r.confidence) })]),
+      ]),
+    );
+
+    if (r.explanation) {
+      const toggle = el("button", {
+        type: "button",
+        class: "btn btn--small",
+        "aria-pressed": "false",
+        "data-testid": "explain-toggle",
+        text: "Show explanation",
+      });
+      toggle.addEventListener("click", () => setExplained(item, !item.explained));
+      body.append(el("div", { class: "result__actions" }, [toggle]));
+      item.toggle = toggle;
+      setExplained(item, els.explainAll.checked);
+    }
+  }
+
+  function setExplained(item, on) {
+    if (!item.result || !item.result.explanation) return;
+    item.explained = on;
+    const img = item.node.querySelector("img");
+    img.src = on ? item.result.explanation : item.result.image;
+    img.alt = on
+      ? `${item.file.name}: Grad-CAM explanation overlay`
+      : `${item.file.name}: patch as the model saw it`;
+    item.node.querySelector(".result__figure-tag").hidden = !on;
+    item.toggle.setAttribute("aria-pressed", String(on));
+    item.toggle.textContent = on ? "Show patch" : "Show explanation";
+  }
+
+  function showError(item, message) {
+    const node = item.node;
+    node.className = "card result result--error";
+    const figure = node.querySelector(".result__figure");
+    figure.classList.add("result__figure--error");
+    figure.replaceChildren(el("span", { class: "sr-only", text: "No preview" }));
+    figure.insertAdjacentHTML("beforeend",
+      '<svg viewBox="0 0 24 24" aria-hidden="true"><path fill="currentColor" d="M21 5v6.6l-3-3-4 4-4-4-4 4-3-3V5a2 2 0 0 1 2-2h14a2 2 0 0 1 2 2zm-3 6.4 3 3V19a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2v-6.6l3 3 4-4 4 4 4-4z"/></svg>');
+    node.querySelector(".result__head").append(
+      el("span", { class: "badge badge--neutral", text: "Rejected" }),
+    );
+    node.querySelector(".result__body").append(
+      el("div", { class: "result__error", role: "alert", "data-testid": "error", text: message }),
+    );
+  }
+
+  function releaseThumb(item) {
+    if (item.objectUrl) {
+      URL.revokeObjectURL(item.objectUrl);
+      item.objectUrl = null;
+    }
+  }
+
+  function updateSummary() {
+    const done = items.filter((i) => i.result);
+    const positives = done.filter((i) => Number(i.result.predicted_class) === 1).length;
+    const rejected = items.filter((i) => i.error).length;
+    const pending = items.length - done.length - rejected;
+    const parts = [];
+    if (done.length) parts.push(el("span", { class: "badge badge--neutral", text: `${done.length} analysed` }));
+    if (positives) parts.push(el("span", { class: "badge badge--positive", text: `${positives} IDC Positive` }));
+    if (done.length - positives) {
+      parts.push(el("span", { class: "badge badge--negative", text: `${done.length - positives} IDC Negative` }));
+    }
+    if (rejected) parts.push(el("span", { class: "badge badge--warning", text: `${rejected} rejected` }));
+    if (pending) parts.push(el("span", { class: "muted", text: `${pending} in progress…` }));
+    els.summary.replaceChildren(...parts);
+    els.empty.hidden = items.length > 0;
+    els.clear.disabled = items.length === 0 || pending > 0;
+    els.csv.disabled = done.length + rejected === 0;
+  }
+
+  // ---------------------------------------------------------------- upload queue
+
+  function addFiles(fileList) {
+    const files = Array.from(fileList || []);
+    if (!files.length) return;
+    const fragment = document.createDocumentFragment();
+    for (const file of files) {
+      const item = { id: nextId++, file, result: null, error: null, explained: false };
+      items.push(item);
+      queue.push(item);
+      fragment.append(createCard(item));
+    }
+    els.results.append(fragment);
+    updateSummary();
+    pump();
+  }
+
+  function pump() {
+    while (running < MAX_PARALLEL && queue.length) {
+      const item = queue.shift();
+      running += 1;
+      analyse(item).finally(() => {
+        running -= 1;
+        updateSummary();
+        pump();
+      });
+    }
+  }
+
+  async function analyse(item) {
+    const form = new FormData();
+    form.append("file", item.file, item.file.name || "pasted.png");
+    let response;
+    try {
+      response = await fetch("/predict?explain=true", { method: "POST", body: form });
+    } catch (err) {
+      item.error = "Could not reach the idcscan server. Is `idcscan serve` still running?";
+      showError(item, item.error);
+      return;
+    }
+    let payload = null;
+    try {
+      payload = await response.json();
+    } catch (err) {
+      payload = null;
+    }
+    if (!response.ok || !payload || payload.error) {
+      item.error = (payload && (payload.error || payload.detail)) ||
+        `The server refused this file (HTTP ${response.status}).`;
+      if (typeof item.error !== "string") item.error = JSON.stringify(item.error);
+      releaseThumb(item);
+      showError(item, item.error);
+      return;
+    }
+    item.result = payload;
+    showResult(item);
+  }
+
+  function clearResults() {
+    for (const item of items) releaseThumb(item);
+    items.length = 0;
+    els.results.replaceChildren();
+    updateSummary();
+  }
+
+  // ---------------------------------------------------------------- CSV export
+
+  function csvCell(value) {
+    const s = value === null || value === undefined ? "" : String(value);
+    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  }
+
+  function downloadCsv() {
+    const header = ["filename", "class_name", "predicted_class", "probability_positive_pct",
+      "confidence_pct", "threshold_pct", "model", "error", "disclaimer"];
+    const rows = [header];
+    for (const item of items) {
+      const r = item.result || {};
+      const model = r.model ? `${r.model.name} ${r.model.version}` : "";
+      rows.push([item.file.name, r.class_name, r.predicted_class, r.probability_positive,
+        r.confidence, r.threshold, model, item.error, r.disclaimer || els.disclaimer.textContent]);
+    }
+    const text = rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n";
+    const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+    const a = el("a", { href: url, download: "idcscan-results.csv" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  els.input.addEventListener("change", () => {
+    addFiles(els.input.files);
+    els.input.value = "";
+  });
+
+  for (const type of ["dragenter", "dragover"]) {
+    els.dropzone.addEventListener(type, (event) => {
+      event.preventDefault();
+      els.dropzone.classList.add("is-dragover");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    els.dropzone.addEventListener(type, () => els.dropzone.classList.remove("is-dragover"));
+  }
+  els.dropzone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    addFiles(event.dataTransfer && event.dataTransfer.files);
+  });
+  // A file dropped beside the zone must not make the browser navigate away from the results.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  document.addEventListener("paste", (event) => {
+    const files = Array.from((event.clipboardData && event.clipboardData.files) || []);
+    if (files.length) addFiles(files);
+  });
+
+  els.explainAll.addEventListener("change", () => {
+    for (const item of items) setExplained(item, els.explainAll.checked);
+  });
+  els.clear.addEventListener("click", clearResults);
+  els.csv.addEventListener("click", downloadCsv);
+
+  updateSummary();
+  loadHealth();
+})();
