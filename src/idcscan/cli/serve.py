@@ -1,3 +1,86 @@
-"""CLI commands: serve (to be filled by its area)."""
+"""CLI: ``idcscan serve BUNDLE`` runs the web service and dashboard (no torch)."""
 
-from idcscan.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from pathlib import Path
+
+import typer
+
+from idcscan.cli.app import app, console, print_disclaimer
+from idcscan.errors import IdcscanError
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with a clear message before loading anything if the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise IdcscanError(
+                    f"Port {port} on {host} is already in use; pick another with --port."
+                ) from None
+            raise IdcscanError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
+
+
+@app.command()
+def serve(
+    bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
+    port: int = typer.Option(5000, min=1, max=65535, help="TCP port."),
+    max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest accepted upload (MB)."),
+    workers: int = typer.Option(1, min=1, help="Server processes (each loads the model)."),
+    max_batch: int = typer.Option(32, min=1, help="Most patches scored in one model call."),
+) -> None:
+    """Serve the dashboard and JSON API (/predict, /predict/batch, /health; docs at /docs).
+    Research use only."""
+    import uvicorn
+
+    from idcscan.inference.bundle import load_bundle
+    from idcscan.server.state import ServerSettings
+
+    loaded = load_bundle(bundle)  # refuse a bad bundle before binding anything
+    _check_port(host, port)
+    settings = ServerSettings(max_upload_mb=max_upload_mb, max_batch=max_batch)
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        shown = "127.0.0.1"
+    card = loaded.card
+    console.print(
+        f"[bold]idcscan[/] serving [cyan]{card.name}[/] {card.version} ({card.backbone}) "
+        f"at [bold underline]http://{shown}:{port}/[/]  (API docs: http://{shown}:{port}/docs)",
+        highlight=False,
+    )
+    print_disclaimer()
+    if card.demo:
+        console.print(
+            "[bold black on yellow] DEMO MODEL [/] [bold yellow]This bundle was trained on "
+            "synthetic data: its answers say nothing about real tissue.[/]",
+            highlight=False,
+        )
+
+    if workers == 1:
+        from idcscan.server.app import create_app
+
+        uvicorn.run(create_app(loaded, settings=settings), host=host, port=port, log_level="info")
+        return
+    os.environ["IDCSCAN_SERVE_BUNDLE"] = str(Path(bundle).resolve())
+    # Workers share the cores: each ONNX Runtime session gets its slice, not all of them.
+    os.environ["IDCSCAN_SERVE_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ["IDCSCAN_SERVE_SETTINGS"] = json.dumps(
+        {"max_upload_mb": max_upload_mb, "max_batch": max_batch}
+    )
+    uvicorn.run(
+        "idcscan.server.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 
 from idcscan.inference.predictor import Predictor
+
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,28 @@ class ServerSettings:
     #: Large-image (slide) uploads are allowed to be bigger.
     max_slide_upload_mb: float = 200.0
     max_slide_pixels: int = 400_000_000
+    #: /predict/batch: files per request, and the whole body (each file also <= max_upload_mb).
+    max_batch_files: int = 64
+    max_batch_upload_mb: float = 100.0
+    #: Micro-batching: patches per ONNX call, and how long the first request waits for company.
+    max_batch: int = 32
+    batch_wait_ms: float = 2.0
+    #: The ``image`` echoed back is shrunk to this long side (a preview, not an archive).
+    max_preview_side: int = 2048
+    #: Images decoded at once, server-wide: bounds memory when many large uploads arrive.
+    decode_slots: int = 4
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_batch_upload_bytes(self) -> int:
+        return int(self.max_batch_upload_mb * MB)
+
+    @property
+    def max_slide_upload_bytes(self) -> int:
+        return int(self.max_slide_upload_mb * MB)
 
 
 @dataclass
@@ -25,6 +50,11 @@ class ServerState:
     predictor: Predictor
     settings: ServerSettings = field(default_factory=ServerSettings)
     batcher: Any = None  # the micro-batcher (idcscan.inference.batching), set by the app factory
+    demo: bool = False
+    decode_gate: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decode_gate = threading.BoundedSemaphore(max(1, self.settings.decode_slots))
 
 
 def get_state(request: Request) -> ServerState:

@@ -1,0 +1,99 @@
+"""Heat-map explanations: where in a patch the network saw IDC.
+
+Where the map comes from: the exported ONNX graph has a second output, ``cam`` (N, h, w),
+next to ``logit``. It is Grad-CAM of the IDC logit computed *inside the graph in closed form*
+(``idcscan.model.network.IDCNet.forward_with_cam``): the head's gradient with respect to the
+pooled features has an exact formula in eval mode (BatchNorm scale x ReLU gate x dense weights),
+so the graph multiplies the last feature maps by those per-sample weights, sums over channels
+and applies ReLU. Serving therefore needs neither torch nor autograd: ``Predictor.
+predict_with_cam`` simply asks ONNX Runtime for both outputs. h x w is the backbone's last
+feature grid (input size / 32, e.g. 3 x 3 at 96 px), so the map is coarse by construction;
+this module only turns it into a picture a person can read.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from idcscan.inference.images import png_data_url
+from idcscan.preprocessing import PATCH_SIZE
+
+DEFAULT_COLORMAP = "turbo"
+DEFAULT_ALPHA = 0.55
+#: Overlays of tiny images (a 50 px patch) are enlarged to at least this many pixels on the
+#: long side, by an integer factor, so the smooth heat map is not drawn in 50 coarse steps.
+MIN_OVERLAY_SIDE = 256
+
+
+@lru_cache(maxsize=8)
+def colormap_lut(name: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """A (256, 3) uint8 lookup table from a matplotlib colormap (no pyplot, no figure)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name]
+    return (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def cam_for_image(
+    cam: np.ndarray, size: tuple[int, int], patch_size: int = PATCH_SIZE
+) -> np.ndarray:
+    """The CAM upsampled (bilinear) onto an image of ``size`` = (width, height), in [0, 1].
+
+    The map covers the model's patch. An image no larger than a patch was padded at the
+    bottom/right (``to_patch``), so its pixels are the top-left part of the patch: the map is
+    upsampled to the patch and cropped. A larger image was resized to the patch, so the map is
+    stretched over the whole image.
+    """
+    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    cam = np.maximum(cam, 0.0)
+    width, height = size
+    padded = width <= patch_size and height <= patch_size
+    target = (patch_size, patch_size) if padded else (width, height)
+    up = np.asarray(Image.fromarray(cam).resize(target, Image.Resampling.BILINEAR))
+    if padded:
+        up = up[:height, :width]
+    peak = float(up.max()) if up.size else 0.0
+    return up / peak if peak > 0 else np.zeros_like(up)
+
+
+def overlay(
+    image: Image.Image,
+    cam: np.ndarray,
+    patch_size: int = PATCH_SIZE,
+    alpha: float = DEFAULT_ALPHA,
+    colormap: str = DEFAULT_COLORMAP,
+    min_side: int = MIN_OVERLAY_SIDE,
+) -> Image.Image:
+    """Blend the coloured heat map over ``image`` (RGB).
+
+    The blend weight grows with the heat (alpha x heat), so cold regions show the tissue
+    unchanged and only what drove the IDC score is tinted.
+    """
+    rgb = image.convert("RGB")
+    factor = max(1, min_side // max(rgb.width, rgb.height))
+    if factor > 1:
+        rgb = rgb.resize((rgb.width * factor, rgb.height * factor), Image.Resampling.NEAREST)
+    heat = cam_for_image(cam, rgb.size, patch_size * factor)
+    heat = np.clip(heat, 0.0, 1.0)
+    colours = colormap_lut(colormap)[(heat * 255.0 + 0.5).astype(np.uint8)].astype(np.float32)
+    weight = (alpha * heat)[..., None]
+    base = np.asarray(rgb, dtype=np.float32)
+    blended = base * (1.0 - weight) + colours * weight
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+
+
+def overlay_data_url(image: Image.Image, cam: np.ndarray, patch_size: int = PATCH_SIZE) -> str:
+    """The overlay as a PNG data URL, ready for JSON and an ``<img src>``."""
+    return png_data_url(overlay(image, cam, patch_size=patch_size))
+
+
+def peak_position(
+    cam: np.ndarray, size: tuple[int, int], patch_size: int = PATCH_SIZE
+) -> tuple[int, int]:
+    """(x, y) of the hottest pixel of the map upsampled onto an image of ``size``."""
+    heat = cam_for_image(cam, size, patch_size)
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return int(x), int(y)

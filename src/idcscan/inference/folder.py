@@ -1,0 +1,187 @@
+"""Predict over image files and folders (what ``idcscan predict`` runs).
+
+Every image goes ``decode_rgb`` -> ``to_patch`` -> ``Predictor``, the same path as the server
+and (for 50 x 50 Kaggle PNGs, whose patch is exactly the ``patches.npy`` row) as ``idcscan
+evaluate``, so one image gets one probability everywhere. A file that cannot be read gets a row
+with the reason and the run goes on: one broken file in ten thousand should not cost the rest.
+
+Probabilities in the rows are fractions in [0, 1] (the HTTP API shows percents for people).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idcscan import DISCLAIMER, __version__
+from idcscan.errors import IdcscanError
+from idcscan.inference.images import DEFAULT_MAX_PIXELS, ImageError, decode_rgb
+from idcscan.inference.labels import CLASS_NAMES, classify, confidence
+from idcscan.inference.predictor import Predictor
+from idcscan.preprocessing import to_patch
+
+#: Suffixes picked up when walking a folder (case-insensitive). Files named explicitly are
+#: always tried: their type is judged by decoding, not by the name.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+COLUMNS = (
+    "path",
+    "predicted_class",
+    "class_name",
+    "probability_positive",
+    "confidence",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class FilePrediction:
+    """One output row; the prediction fields are None when ``error`` says why not."""
+
+    path: str
+    predicted_class: int | None = None
+    class_name: str | None = None
+    probability_positive: float | None = None
+    confidence: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files named directly, plus images under folders (recursive), in a stable order."""
+    if not inputs:
+        raise IdcscanError("Name at least one image file or folder to predict on.")
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            hits = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+            if not hits:
+                raise IdcscanError(
+                    f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                    "searched recursively."
+                )
+        elif path.exists():
+            hits = [path]
+        else:
+            raise IdcscanError(f"{path} does not exist; check the path.")
+        for hit in hits:
+            key = hit.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(hit)
+    return found
+
+
+def _load_patch(path: Path, patch_size: int, max_pixels: int) -> np.ndarray | str:
+    try:
+        return to_patch(decode_rgb(path, max_pixels=max_pixels), patch_size)
+    except ImageError as exc:
+        return str(exc)
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    tta: bool = False,
+    batch_size: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_progress: Callable[[int], None] | None = None,
+    decode_threads: int | None = None,
+) -> Iterator[FilePrediction]:
+    """Yield one ``FilePrediction`` per path, in order; ``on_progress(n)`` after each chunk."""
+    if batch_size < 1:
+        raise IdcscanError("--batch-size must be at least 1.")
+    threshold = predictor.threshold
+    patch_size = predictor.pre.patch_size
+    threads = decode_threads or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="idcscan-decode") as pool:
+        for chunk in _chunks(paths, batch_size):
+            loaded = list(pool.map(lambda p: _load_patch(p, patch_size, max_pixels), chunk))
+            good = [i for i, item in enumerate(loaded) if isinstance(item, np.ndarray)]
+            probs = (
+                predictor.predict_proba(np.stack([loaded[i] for i in good]), tta=tta)
+                if good
+                else np.empty(0)
+            )
+            by_index = dict(zip(good, probs.tolist()))
+            for i, path in enumerate(chunk):
+                if i in by_index:
+                    p = float(by_index[i])
+                    cls = classify(p, threshold)
+                    yield FilePrediction(
+                        path=str(path),
+                        predicted_class=cls,
+                        class_name=CLASS_NAMES[cls],
+                        probability_positive=p,
+                        confidence=confidence(p, cls),
+                    )
+                else:
+                    yield FilePrediction(path=str(path), error=str(loaded[i]))
+            if on_progress is not None:
+                on_progress(len(chunk))
+
+
+def output_format(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise IdcscanError(f"--out must end in .csv or .json (got {out.name}).")
+    return suffix[1:]
+
+
+def _csv_text(rows: Iterable[FilePrediction]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        # repr-exact floats: the file must reproduce the probabilities, not a rounded view.
+        writer.writerow({k: ("" if v is None else v) for k, v in row.as_dict().items()})
+    return buffer.getvalue()
+
+
+def _json_text(rows: Iterable[FilePrediction], predictor: Predictor, tta: bool) -> str:
+    card = predictor.card
+    doc = {
+        "model": {"name": card.name, "version": card.version, "backbone": card.backbone},
+        "threshold": predictor.threshold,
+        "tta": tta,
+        "probabilities": "fractions in [0, 1]; confidence = probability of predicted_class",
+        "idcscan_version": __version__,
+        "disclaimer": DISCLAIMER,
+        "predictions": [row.as_dict() for row in rows],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def write_predictions(
+    rows: Sequence[FilePrediction], out: str | Path, predictor: Predictor, tta: bool = False
+) -> Path:
+    """Write CSV or JSON (by the suffix of ``out``) atomically: temporary name, then rename."""
+    out = Path(out)
+    fmt = output_format(out)
+    text = _csv_text(rows) if fmt == "csv" else _json_text(rows, predictor, tta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out

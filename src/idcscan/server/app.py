@@ -1,0 +1,384 @@
+"""The FastAPI app: dashboard, /predict, /predict/batch, /health (and the slide router).
+
+Built by ``create_app`` so tests and ``idcscan serve`` make one around any bundle. Uploads are
+read by ``idcscan.server.uploads`` (in memory, byte-limited, nothing written to disk), decoded
+by ``idcscan.inference.images`` (type by content, pixel limit from the header), and scored
+through the shared ``MicroBatcher``, so concurrent requests share ONNX Runtime calls.
+
+Every error answer is JSON ``{"error": "..."}``: 400 for a bad request or a broken image,
+413 for too many bytes or pixels, 415 for an image format idcscan does not decode. The
+catch-all 500 exists for bugs; no input is meant to reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import platform
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from idcscan import DISCLAIMER, __version__
+from idcscan.errors import IdcscanError
+from idcscan.inference.batching import MicroBatcher, Scored
+from idcscan.inference.bundle import Bundle
+from idcscan.inference.explain import overlay_data_url
+from idcscan.inference.images import ImageTooLarge, UnsupportedImage, decode_rgb, png_data_url
+from idcscan.inference.predictor import Predictor
+from idcscan.preprocessing import to_patch
+from idcscan.server.schemas import (
+    BatchResponse,
+    ErrorResponse,
+    HealthResponse,
+    PredictResponse,
+    verdict,
+)
+from idcscan.server.state import ServerSettings, ServerState, get_state
+from idcscan.server.uploads import (
+    ENVELOPE_BYTES,
+    BadUpload,
+    UploadTooLarge,
+    many_files,
+    one_file,
+    read_form,
+)
+
+log = logging.getLogger("idcscan.server")
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+_STATUS_BY_ERROR: tuple[tuple[type[IdcscanError], int], ...] = (
+    (UploadTooLarge, 413),
+    (ImageTooLarge, 413),
+    (UnsupportedImage, 415),
+)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "No usable upload, or a broken image."},
+    413: {"model": ErrorResponse, "description": "Too many bytes or pixels."},
+    415: {"model": ErrorResponse, "description": "An image format idcscan does not decode."},
+}
+
+
+def status_for(exc: IdcscanError) -> int:
+    """HTTP status of a user error: 413 too large, 415 unsupported format, else 400."""
+    for kind, status in _STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    # A refused body may still be arriving; closing the connection stops the client sending.
+    headers = {"Connection": "close"} if status == 413 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _multipart_body(field: str, many: bool) -> dict[str, Any]:
+    """OpenAPI description of the multipart body the handler reads itself (for /docs)."""
+    binary: dict[str, Any] = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": binary} if many else binary
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [field],
+                        "properties": {field: schema},
+                    }
+                }
+            },
+        }
+    }
+
+
+# --------------------------------------------------------------------------- scoring helpers
+
+
+def _decode(data: bytes, state: ServerState, source: str | None) -> tuple[Image.Image, np.ndarray]:
+    """Image -> (RGB preview for the answer, model patch). Runs in a worker thread."""
+    side = state.settings.max_preview_side
+    with state.decode_gate:
+        rgb = decode_rgb(data, max_pixels=state.settings.max_pixels, source=source)
+        patch = to_patch(rgb, state.predictor.pre.patch_size)
+        if max(rgb.size) > side:  # ``rgb`` is our own decoded copy: shrink it in place
+            rgb.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return rgb, patch
+
+
+def _render(state: ServerState, preview: Image.Image, scored: Scored) -> dict[str, Any]:
+    """The JSON answer for one scored image. Runs in a worker thread (PNG encoding)."""
+    predictor = state.predictor
+    card = predictor.card
+    answer = verdict(scored.probability, predictor.threshold)
+    answer.update(
+        image=png_data_url(preview),
+        threshold=round(predictor.threshold * 100.0, 4),
+        model={"name": card.name, "version": card.version, "backbone": card.backbone},
+        disclaimer=DISCLAIMER,
+        demo=state.demo,
+    )
+    if scored.cam is not None:
+        answer["explanation"] = overlay_data_url(
+            preview, scored.cam, patch_size=predictor.pre.patch_size
+        )
+    return answer
+
+
+async def score_image(
+    state: ServerState, data: bytes, explain: bool, source: str | None = None
+) -> dict[str, Any]:
+    """Decode, score (micro-batched) and render one upload."""
+    preview, patch = await run_in_threadpool(_decode, data, state, source)
+    scored = await state.batcher.predict(patch, cam=explain)
+    return await run_in_threadpool(_render, state, preview, scored)
+
+
+# --------------------------------------------------------------------------------- routes
+
+router = APIRouter()
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_multipart_body("file", many=False),
+    summary="Classify one image patch",
+)
+async def predict(
+    request: Request,
+    explain: bool = Query(False, description="Add a Grad-CAM heat-map overlay."),
+    state: ServerState = Depends(get_state),
+) -> dict[str, Any]:
+    """Upload one image in multipart field ``file``; get the IDC call in percent."""
+    limits = state.settings
+    parts = await read_form(
+        request,
+        max_bytes=limits.max_upload_bytes + ENVELOPE_BYTES,
+        max_file_bytes=limits.max_upload_bytes,
+        max_parts=8,
+    )
+    upload = one_file(parts, "file")
+    return await score_image(state, upload.data, explain)
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchResponse,
+    response_model_exclude_none=True,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_multipart_body("files", many=True),
+    summary="Classify several images",
+)
+async def predict_batch(
+    request: Request,
+    explain: bool = Query(False, description="Add a Grad-CAM heat-map overlay to each."),
+    state: ServerState = Depends(get_state),
+) -> dict[str, Any]:
+    """Upload images in repeated multipart field ``files``; one result per file, in order.
+
+    A file that cannot be used gets ``{"filename", "error"}`` and the others are still scored.
+    """
+    limits = state.settings
+    parts = await read_form(
+        request,
+        max_bytes=limits.max_batch_upload_bytes + ENVELOPE_BYTES,
+        max_file_bytes=limits.max_upload_bytes,
+        max_parts=limits.max_batch_files + 8,
+    )
+    uploads = many_files(parts, "files")
+    if len(uploads) > limits.max_batch_files:
+        raise BadUpload(
+            f"Send at most {limits.max_batch_files} files per batch (got {len(uploads)})."
+        )
+
+    async def one(data: bytes, name: str) -> dict[str, Any]:
+        try:
+            if not data:
+                raise BadUpload("The file is empty.")
+            answer = await score_image(state, data, explain)
+        except IdcscanError as exc:
+            return {"filename": name, "error": str(exc)}
+        answer["filename"] = name
+        return answer
+
+    names = [u.filename or f"file {i + 1}" for i, u in enumerate(uploads)]
+    results = await asyncio.gather(*(one(u.data, name) for u, name in zip(uploads, names)))
+    return {"results": list(results)}
+
+
+def _versions() -> dict[str, str]:
+    versions = {"idcscan": __version__, "python": platform.python_version()}
+    for package in ("onnxruntime", "numpy", "pillow", "fastapi"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@router.get("/health", response_model=HealthResponse, summary="Service and model card")
+async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    """Liveness plus everything a person should know about the model being served."""
+    s = state.settings
+    return {
+        "status": "ok",
+        "model_loaded": state.predictor is not None,
+        "model": state.predictor.card.model_dump(mode="json"),
+        "versions": _versions(),
+        "disclaimer": DISCLAIMER,
+        "demo": state.demo,
+        "batching": {
+            **state.batcher.stats.as_dict(),
+            "max_batch": state.batcher.max_batch,
+            "max_wait_ms": state.batcher.max_wait_s * 1000.0,
+        },
+        "limits": {
+            "max_upload_mb": s.max_upload_mb,
+            "max_pixels": s.max_pixels,
+            "max_batch_files": s.max_batch_files,
+            "max_batch_upload_mb": s.max_batch_upload_mb,
+            "max_slide_upload_mb": s.max_slide_upload_mb,
+            "max_slide_pixels": s.max_slide_pixels,
+        },
+    }
+
+
+_FALLBACK_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>idcscan</title></head>
+<body><h1>idcscan</h1><p><strong>{disclaimer}</strong></p>
+<form action="/predict" method="post" enctype="multipart/form-data">
+<input type="file" name="file" accept="image/*" required> <button>Predict</button></form>
+<p>API documentation: <a href="/docs">/docs</a></p></body></html>
+"""
+
+
+@router.get("/", include_in_schema=False, response_model=None)
+async def dashboard() -> FileResponse | HTMLResponse:
+    index = STATIC_DIR / "index.html"
+    if index.is_file():
+        return FileResponse(index, media_type="text/html")
+    return HTMLResponse(_FALLBACK_PAGE.format(disclaimer=DISCLAIMER))
+
+
+# ---------------------------------------------------------------------------- the factory
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(IdcscanError)
+    async def _user_error(request: Request, exc: IdcscanError) -> JSONResponse:
+        return error_response(status_for(exc), str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()
+        )
+        return error_response(400, f"Invalid request ({problems}).")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"There is nothing at {request.url.path}; the API is described at /docs."
+        elif exc.status_code == 405:
+            message = (
+                f"{request.method} is not allowed on {request.url.path}; "
+                "the API is described at /docs."
+            )
+        response = error_response(exc.status_code, message)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            500, f"Internal error in idcscan (a bug, not your input): {type(exc).__name__}."
+        )
+
+
+def create_app(
+    bundle_or_predictor: Predictor | Bundle | str | Path,
+    settings: ServerSettings | None = None,
+    demo: bool | None = None,
+) -> FastAPI:
+    """Build the service around a bundle directory, a loaded ``Bundle`` or a ``Predictor``.
+
+    ``demo`` defaults to the model card's flag (bundles trained on synthetic data).
+    """
+    predictor = (
+        bundle_or_predictor
+        if isinstance(bundle_or_predictor, Predictor)
+        else Predictor(bundle_or_predictor)
+    )
+    settings = settings or ServerSettings()
+    batcher = MicroBatcher(
+        predictor, max_batch=settings.max_batch, max_wait_s=settings.batch_wait_ms / 1000.0
+    )
+    state = ServerState(
+        predictor=predictor,
+        settings=settings,
+        batcher=batcher,
+        demo=predictor.card.demo if demo is None else demo,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await batcher.aclose()
+        batcher.shutdown()
+
+    card = predictor.card
+    app = FastAPI(
+        title="idcscan",
+        version=__version__,
+        summary="Invasive Ductal Carcinoma detection in H&E breast histopathology patches.",
+        description=(
+            f"**{DISCLAIMER}**\n\nModel: `{card.name}` {card.version} ({card.backbone}). "
+            "Probabilities in answers are percents (2 decimals); the threshold too."
+            + ("\n\n**Demo model trained on synthetic data: its answers mean nothing.**"
+               if state.demo else "")
+        ),
+        lifespan=lifespan,
+    )
+    app.state.idcscan = state
+    _install_error_handlers(app)
+    app.include_router(router)
+
+    from idcscan.server.slide_routes import router as slide_router
+
+    app.include_router(slide_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (``idcscan serve --workers N``): reads the bundle
+    and settings that the CLI put in the environment."""
+    import json
+    import os
+
+    bundle = os.environ.get("IDCSCAN_SERVE_BUNDLE")
+    if not bundle:
+        raise IdcscanError("IDCSCAN_SERVE_BUNDLE is not set; start it with `idcscan serve`.")
+    raw = json.loads(os.environ.get("IDCSCAN_SERVE_SETTINGS", "{}"))
+    threads = int(os.environ.get("IDCSCAN_SERVE_THREADS", "0")) or None
+    return create_app(Predictor(bundle, threads=threads), settings=ServerSettings(**raw))
