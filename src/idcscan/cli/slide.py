@@ -1,3 +1,108 @@
-"""CLI commands: slide (to be filled by its area)."""
+"""CLI commands: ``idcscan slide`` (IDC maps of large images) and ``idcscan mosaic``."""
 
-from idcscan.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import typer
+
+from idcscan.cli.app import app, console, out, print_disclaimer
+from idcscan.errors import IdcscanError
+
+
+@app.command()
+def slide(
+    bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="Slides or large images (SVS, NDPI, pyramidal TIFF, MRXS*, PNG, JPEG, TIFF) or "
+        "folders of them. *MRXS and other OpenSlide-only formats need OpenSlide: "
+        "pip install openslide-bin openslide-python.",
+    ),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder: one subfolder per slide."
+    ),
+    mpp: float | None = typer.Option(
+        None,
+        help="µm per pixel of images whose file carries no scale. Default: assume they are "
+        "already at the training scale (4 µm/px, e.g. `idcscan mosaic` output), with a warning.",
+    ),
+    stride: int | None = typer.Option(
+        None,
+        help="Tile step in training-scale pixels (1 to the patch size, 50). Smaller = "
+        "overlapping tiles, probabilities averaged per stride-sized cell. Default: no overlap.",
+    ),
+    tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/rotations of each tile."),
+    shard: str | None = typer.Option(
+        None,
+        help="i/n: process only the i-th (1-based) of n shares of the sorted inputs, e.g. "
+        "--shard $SLURM_ARRAY_TASK_ID/4 with #SBATCH --array=1-4.",
+    ),
+    batch_size: int = typer.Option(64, help="Tiles per ONNX Runtime call."),
+    threshold: float | None = typer.Option(
+        None, help="P(IDC) from which a tile counts as IDC. Default: the bundle's threshold."
+    ),
+) -> None:
+    """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.
+
+    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, summary.json} and OUT/summary.csv. Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide whose folder is complete is skipped, so re-running a command resumes it.
+    """  # noqa: E501  (one line per paragraph: the help wraps it)
+    from idcscan.inference.predictor import Predictor
+    from idcscan.inference.slide import ScaleWarning, SlideOptions, run_slides
+
+    print_disclaimer()
+    predictor = Predictor(bundle, batch_size=batch_size)
+    options = SlideOptions(
+        mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScaleWarning)
+        report = run_slides(predictor, inputs, out_dir, options, shard=shard, console=console)
+    for w in caught:
+        if issubclass(w.category, ScaleWarning):
+            console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if report.skipped:
+        console.print(
+            f"Skipped {len(report.skipped)} slide(s) already finished in {out_dir} "
+            f"(delete their folders to redo them): "
+            + ", ".join(p.name for p in report.skipped),
+            highlight=False,
+        )
+    for s in report.done:
+        out.print(
+            f"{s.slide}: IDC in {s.idc_fraction:.1%} of {s.n_tiles} tissue tiles "
+            f"({s.idc_area_mm2:.2f} of {s.tissue_area_mm2:.2f} mm², {s.n_regions} region(s)) "
+            f"in {s.timings.get('total', 0):.1f} s -> {out_dir / s.slide}",
+            highlight=False,
+        )
+    if report.summary_csv is not None:
+        out.print(f"Summary of all finished slides: {report.summary_csv}", highlight=False)
+    print_disclaimer()
+    if report.failed:
+        details = "; ".join(f"{p}: {msg}" for p, msg in report.failed)
+        raise IdcscanError(f"{len(report.failed)} slide(s) failed: {details}")
+
+
+@app.command()
+def mosaic(
+    patient_dir: Path = typer.Argument(..., help="One Kaggle patient folder (<pid>/0, <pid>/1)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+) -> None:
+    """Tile a Kaggle patient's patches back into one image with its ground-truth IDC mask.
+
+    Writes mosaic.png (at the training scale, 4 µm/px), truth.png, truth.csv (x, y, label in mosaic pixels) and mosaic.json: a slide with known answers for `idcscan slide`.
+    """  # noqa: E501
+    from idcscan.data.mosaic import make_mosaic
+
+    result, paths = make_mosaic(patient_dir, out_dir)
+    n_idc = sum(p.label for p in result.patches)
+    w, h = result.size
+    out.print(
+        f"Patient {result.patient}: {len(result.patches)} patches ({n_idc} IDC) -> "
+        f"{w} x {h} px mosaic at {result.mpp:g} µm/px in {out_dir}",
+        highlight=False,
+    )
+    out.print(f"Map it: idcscan slide BUNDLE {paths['mosaic.png']} --out SLIDES", highlight=False)

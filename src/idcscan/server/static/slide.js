@@ -1,0 +1,203 @@
+// Large-image view: upload one image to POST /slide, show the IDC map over it.
+// Self-contained (no CDN, no framework); the research-use disclaimer is in the page markup
+// and refreshed from /health, so it is visible even when the server cannot be reached.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const state = { limits: null, result: null, busy: false };
+
+  function showError(title, text) {
+    $("error-title").textContent = title;
+    $("error-text").textContent = text;
+    $("error-banner").hidden = false;
+  }
+
+  function clearError() {
+    $("error-banner").hidden = true;
+  }
+
+  function setStatus(kind, text) {
+    const dot = document.querySelector("#model-status .status-dot");
+    dot.className = "status-dot status-dot--" + kind;
+    $("model-status-text").textContent = text;
+  }
+
+  async function loadHealth() {
+    try {
+      const r = await fetch("/health");
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      const h = await r.json();
+      state.limits = h.limits || null;
+      if (h.disclaimer) $("disclaimer-text").textContent = h.disclaimer;
+      $("demo-banner").hidden = !h.demo;
+      const m = h.model || {};
+      setStatus("ok", (m.name || "model") + " " + (m.version || ""));
+      const v = h.versions || {};
+      $("footer-versions").textContent = "idcscan " + (v.idcscan || "");
+      if (state.limits && state.limits.max_slide_upload_mb) {
+        $("dropzone-hint").append(
+          " Up to " + state.limits.max_slide_upload_mb + " MB."
+        );
+      }
+    } catch (err) {
+      setStatus("bad", "Model server unreachable");
+      showError(
+        "The model server cannot be reached",
+        "Check that `idcscan serve` is running, then reload this page."
+      );
+    }
+  }
+
+  function fmtArea(mm2) {
+    if (mm2 === null || mm2 === undefined) return "–";
+    return mm2 >= 1 ? mm2.toFixed(2) + " mm²" : (mm2 * 1e6 / 1e6).toFixed(4) + " mm²";
+  }
+
+  function fmtPercent(fraction) {
+    return (100 * fraction).toFixed(1) + "%";
+  }
+
+  function busy(on) {
+    state.busy = on;
+    $("spinner").hidden = !on;
+    $("file-input").disabled = on;
+    $("dropzone").setAttribute("aria-busy", on ? "true" : "false");
+  }
+
+  function applyOpacity() {
+    const value = Number($("opacity").value);
+    $("heatmap-image").style.opacity = String(value / 100);
+    $("opacity-value").textContent = value + "%";
+  }
+
+  function show(result) {
+    state.result = result;
+    $("base-image").src = result.image;
+    $("heatmap-image").src = result.heatmap;
+    $("viewer-empty").hidden = true;
+    $("viewer-stack").hidden = false;
+    $("opacity").disabled = false;
+    applyOpacity();
+
+    $("summary-empty").hidden = true;
+    $("summary").hidden = false;
+    $("idc-fraction").textContent = result.n_tiles ? fmtPercent(result.idc_fraction) : "no tissue";
+    $("threshold").textContent = result.threshold.toFixed(2);
+    $("tissue-area").textContent = fmtArea(result.tissue_area_mm2);
+    $("idc-area").textContent = fmtArea(result.idc_area_mm2);
+    $("tiles").textContent = result.n_tiles + " (" + result.n_idc_tiles + " IDC)";
+    $("regions").textContent = String(result.n_regions);
+    $("image-size").textContent = result.width + " × " + result.height + " px";
+    const source = { metadata: "from the file", option: "as given", assumed: "assumed" };
+    $("scale").textContent =
+      result.mpp.toPrecision(3) + " µm/px (" + (source[result.mpp_source] || result.mpp_source) + ")";
+    $("tile-size").textContent = result.tile_size + " px" + (result.level ? ", pyramid level " + result.level : "");
+    $("model").textContent = result.model.name + " " + result.model.version;
+    const t = result.timings || {};
+    $("time").textContent = t.total !== undefined ? t.total.toFixed(1) + " s" : "–";
+    const warnings = result.warnings || [];
+    $("warnings").hidden = warnings.length === 0;
+    $("warnings").textContent = warnings.join(" ");
+    if (!result.n_tiles) {
+      showError(
+        "No tissue found",
+        "Every part of the image looked like background (glass), so nothing was scored."
+      );
+    }
+  }
+
+  function download(name, text, type) {
+    const url = URL.createObjectURL(new Blob([text], { type }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  async function upload(file) {
+    if (!file || state.busy) return;
+    clearError();
+    const maxMb = state.limits && state.limits.max_slide_upload_mb;
+    if (maxMb && file.size > maxMb * 1024 * 1024) {
+      showError(
+        "The file is too large",
+        file.name + " is " + (file.size / 1048576).toFixed(1) + " MB; this server accepts up to " +
+          maxMb + " MB. Map it with `idcscan slide` on the command line instead."
+      );
+      return;
+    }
+    const params = new URLSearchParams();
+    const mpp = $("mpp-input").value.trim();
+    if (mpp) params.set("mpp", mpp);
+    if ($("tta-input").checked) params.set("tta", "true");
+    const body = new FormData();
+    body.append("file", file, file.name);
+    busy(true);
+    try {
+      const r = await fetch("/slide" + (params.toString() ? "?" + params : ""), { method: "POST", body });
+      let data = null;
+      try {
+        data = await r.json();
+      } catch (e) {
+        data = null;
+      }
+      if (!r.ok) {
+        const titles = {
+          400: "The image could not be mapped",
+          413: "The image is too large",
+          415: "This file type is not supported",
+        };
+        showError(titles[r.status] || "The server answered with an error (" + r.status + ")",
+          (data && data.error) || "No details were given.");
+        return;
+      }
+      show(data);
+    } catch (err) {
+      showError("The upload failed", "The server could not be reached (" + err.message + ").");
+    } finally {
+      busy(false);
+    }
+  }
+
+  function init() {
+    const input = $("file-input");
+    const zone = $("dropzone");
+    input.addEventListener("change", () => upload(input.files[0]));
+    ["dragenter", "dragover"].forEach((type) =>
+      zone.addEventListener(type, (e) => {
+        e.preventDefault();
+        zone.classList.add("is-dragover");
+      })
+    );
+    ["dragleave", "drop"].forEach((type) =>
+      zone.addEventListener(type, () => zone.classList.remove("is-dragover"))
+    );
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      const files = e.dataTransfer && e.dataTransfer.files;
+      if (files && files.length > 1) {
+        showError("One image at a time", "Drop a single large image; the first one is mapped.");
+      }
+      if (files && files.length) upload(files[0]);
+    });
+    $("opacity").addEventListener("input", applyOpacity);
+    $("download-geojson").addEventListener("click", () => {
+      if (!state.result) return;
+      download(state.result.slide.replace(/\.[^.]+$/, "") + "_idc.geojson",
+        JSON.stringify(state.result.regions), "application/geo+json");
+    });
+    $("download-summary").addEventListener("click", () => {
+      if (!state.result) return;
+      const { image, heatmap, regions, ...summary } = state.result;
+      download(state.result.slide.replace(/\.[^.]+$/, "") + "_summary.json",
+        JSON.stringify(summary, null, 2), "application/json");
+    });
+    loadHealth();
+  }
+
+  document.addEventListener("DOMContentLoaded", init);
+})();
