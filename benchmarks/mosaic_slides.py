@@ -1,0 +1,118 @@
+"""Slide mode against ground truth: Kaggle patients tiled back into mosaics.
+
+For every *complete* patient of a split (one whose patches tile a contiguous tissue area, not
+a scattered sample), this runs what a user runs -- ``idcscan mosaic`` then ``idcscan slide`` --
+and compares the slide-mode tiles with the patch labels at the same positions:
+
+* tile AUC: slide-mode P(IDC) of each tissue tile against the label of the patch it covers;
+* IDC-fraction error: |slide idc_fraction - true share of IDC patches|;
+* kept: the share of the patient's patches that slide mode kept as tissue.
+
+Usage:
+    python benchmarks/mosaic_slides.py BUNDLE DATA KAGGLE_DIR --out DIR [--split test]
+
+DATA is the packed dataset the bundle was trained from (its split says which patients the
+model never saw); KAGGLE_DIR the Kaggle folder it was prepared from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from idcscan.data.kaggle import layout_roots
+from idcscan.data.mosaic import MOSAIC_PNG, TRUTH_CSV, make_mosaic, scan_patient
+from idcscan.data.packed import load_packed
+from idcscan.inference.predictor import Predictor
+from idcscan.inference.slide import SlideOptions, analyse_slide
+
+PATCH = 50
+
+
+def is_complete(patient_dir: Path, min_neighbour_share: float = 0.8) -> bool:
+    """True when most patches have >= 2 of their 4 grid neighbours: a tiled area, not a sample."""
+    cells = {(p.x // PATCH, p.y // PATCH) for p in scan_patient(patient_dir)}
+    if len(cells) < 20:
+        return False
+    steps = ((1, 0), (-1, 0), (0, 1), (0, -1))
+    connected = sum(sum((cx + dx, cy + dy) in cells for dx, dy in steps) >= 2 for cx, cy in cells)
+    return connected / len(cells) >= min_neighbour_share
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("kaggle", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--split", default="test")
+    args = ap.parse_args()
+
+    root = layout_roots(args.kaggle)[0]
+    patients = sorted(set(load_packed(args.data).subset(args.split).patient.tolist()))
+    complete = [p for p in patients if (root / p).is_dir() and is_complete(root / p)]
+    print(f"{len(patients)} {args.split} patients, {len(complete)} complete: {', '.join(complete)}")
+    predictor = Predictor(args.bundle)
+
+    rows, all_labels, all_probs = [], [], []
+    for pid in complete:
+        mosaic, files = make_mosaic(root / pid, args.out / "mosaics" / pid)
+        summary = analyse_slide(predictor, files[MOSAIC_PNG], args.out / "slides" / pid)
+        tiles = {
+            (int(r["x"]), int(r["y"])): float(r["probability"])
+            for r in read_csv(args.out / "slides" / pid / summary.slide / "tiles.csv")
+        }
+        truth = read_csv(files[TRUTH_CSV])
+        matched = [(int(t["label"]), tiles[(int(t["x"]), int(t["y"]))])
+                   for t in truth if (int(t["x"]), int(t["y"])) in tiles]
+        labels = np.array([m[0] for m in matched])
+        probs = np.array([m[1] for m in matched])
+        true_fraction = float(np.mean([int(t["label"]) for t in truth]))
+        auc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else None
+        rows.append({
+            "patient": pid,
+            "patches": len(truth),
+            "kept": len(matched) / len(truth),
+            "tile_auc": auc,
+            "idc_fraction_true": true_fraction,
+            "idc_fraction_slide": summary.idc_fraction,
+            "fraction_error": abs(summary.idc_fraction - true_fraction),
+            "seconds": summary.timings.get("total"),
+        })
+        all_labels.append(labels)
+        all_probs.append(probs)
+
+    labels, probs = np.concatenate(all_labels), np.concatenate(all_probs)
+    overall = {
+        "patients": len(rows),
+        "tiles": int(len(labels)),
+        "pooled_tile_auc": float(roc_auc_score(labels, probs)),
+        "mean_patient_tile_auc": float(np.mean([r["tile_auc"] for r in rows if r["tile_auc"]])),
+        "mean_fraction_error": float(np.mean([r["fraction_error"] for r in rows])),
+        "kept": float(sum(r["kept"] * r["patches"] for r in rows) / sum(r["patches"] for r in rows)),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "mosaic_slides.json").write_text(json.dumps({"patients": rows, "overall": overall}, indent=2))
+
+    print("| patient | patches | kept as tissue | tile AUC | IDC fraction (truth) | IDC fraction (slide) | error |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        auc = f"{r['tile_auc']:.3f}" if r["tile_auc"] is not None else "n/a (one class)"
+        print(f"| {r['patient']} | {r['patches']} | {r['kept']:.1%} | {auc} | "
+              f"{r['idc_fraction_true']:.3f} | {r['idc_fraction_slide']:.3f} | {r['fraction_error']:.3f} |")
+    print(f"| **overall** | {sum(r['patches'] for r in rows)} | {overall['kept']:.1%} | "
+          f"{overall['pooled_tile_auc']:.3f} (pooled) | | | {overall['mean_fraction_error']:.3f} (mean) |")
+
+
+if __name__ == "__main__":
+    main()
