@@ -1,0 +1,105 @@
+"""The time-fitted schedule: complete two-phase schedules that fit the budget, and the LR shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from idcscan.model.calibration import calibrated_probs, fit_temperature, nll
+from idcscan.model.schedule import (
+    FINAL_LR_FRACTION,
+    Rates,
+    Schedule,
+    budget_schedule,
+    epoch_schedule,
+    split_rounds,
+)
+
+RATES = Rates(phase1_step_s=0.1, phase2_step_s=0.3, val_batch_s=0.5, val_batches=16,
+              export_s=15.0)
+
+
+@pytest.mark.parametrize("seconds", [30, 120, 720, 3600])
+def test_budget_schedule_fits_the_time_and_has_both_phases(seconds):
+    s = budget_schedule(RATES, seconds, steps_per_pass=290, frozen_epochs=1,
+                        finetune_epochs=6, fixed_cost_s=5)
+    assert s.phase1_steps >= 1 and s.phase2_steps >= 1
+    assert s.details["predicted_s"] <= seconds + 1e-6 or s.details["budget_too_small"]
+    assert s.phase1_steps <= 290 and s.phase2_steps <= 6 * 290
+    if seconds >= 720:
+        # The budget is used, not wasted: at least 85% of it is predicted to be spent.
+        assert s.details["predicted_s"] >= 0.85 * seconds or s.details["capped_by_epochs"]
+    assert Schedule.from_dict(s.to_dict()).epoch_steps == s.epoch_steps
+
+
+def test_longer_budget_gives_longer_phase_two_and_caps_hold():
+    short = budget_schedule(RATES, 300, 290, 1, 6)
+    long = budget_schedule(RATES, 900, 290, 1, 6)
+    assert long.phase2_steps > 2 * short.phase2_steps
+    capped = budget_schedule(RATES, 10**6, 290, 0.5, 2)
+    assert capped.phase1_steps == 145 and capped.phase2_steps == 580
+    assert capped.details["capped_by_epochs"]
+
+
+def test_a_budget_too_small_still_gives_a_complete_minimal_schedule():
+    s = budget_schedule(RATES, 1.0, 290, 1, 6)
+    assert s.details["budget_too_small"]
+    assert s.phase1_steps == 1 and s.phase2_steps == 1
+
+
+def test_lr_shape_frozen_backbone_then_warmup_and_cosine():
+    s = epoch_schedule(steps_per_pass=100, frozen_epochs=1, finetune_epochs=4,
+                       warmup_fraction=0.05)
+    assert s.epoch_steps == [100, 100, 100, 100, 100] and s.phase1_epochs == 1
+    assert all(s.lr_factor(i, "backbone") == 0 for i in range(100))
+    assert s.lr_factor(99, "head") == 1.0
+    assert s.phase(99) == 1 and s.phase(100) == 2
+    warm = [s.lr_factor(100 + i, "backbone") for i in range(s.warmup_steps + 1)]
+    assert warm == sorted(warm) and warm[0] < 0.1
+    tail = [s.lr_factor(i, "backbone") for i in range(100 + s.warmup_steps, 500)]
+    assert all(a >= b for a, b in zip(tail, tail[1:]))  # monotone decay
+    assert tail[-1] == pytest.approx(FINAL_LR_FRACTION, abs=1e-3)
+
+
+def test_split_rounds():
+    assert split_rounds(10, 3) == [4, 3, 3]
+    assert split_rounds(2, 5) == [1, 1]
+
+
+def test_temperature_scaling_recovers_overconfidence(rng):
+    true_logit = rng.normal(0, 2, 20000)
+    labels = (rng.random(20000) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    overconfident = 3.0 * true_logit
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(3.0, rel=0.08)
+    assert nll(overconfident, labels, t) < nll(overconfident, labels, 1.0)
+    probs = calibrated_probs(overconfident, t)
+    assert np.all((probs >= 0) & (probs <= 1))
+    # Ranking (hence AUC) is untouched by the temperature.
+    assert np.array_equal(np.argsort(probs), np.argsort(overconfident))
+
+
+def test_temperature_degenerate_inputs_fall_back_to_one():
+    assert fit_temperature(np.array([1.0, 2.0]), np.array([1, 1])) == 1.0
+    assert fit_temperature(np.array([]), np.array([])) == 1.0
+
+
+def test_replan_resizes_only_future_phase_two_rounds_to_the_time_left():
+    from idcscan.model.schedule import replan
+
+    s = budget_schedule(RATES, 720, 290, 1, 6, fixed_cost_s=5)
+    first = s.epoch_steps[:2]
+    # The machine turned out twice as slow as probed: the remaining rounds shrink.
+    left = 400.0
+    slow = replan(s, 2, left, step_s=2 * RATES.phase2_step_s, val_s=RATES.val_pass_s)
+    assert slow[:2] == first and len(slow) == len(s.epoch_steps)
+    remaining = sum(slow[2:])
+    spent = remaining * 2 * RATES.phase2_step_s + len(slow[2:]) * RATES.val_pass_s
+    assert spent + s.details["tail_cost_s"] <= left
+    assert spent + s.details["tail_cost_s"] >= 0.85 * left
+    # Faster than probed: more steps, but never past the epoch cap.
+    fast = replan(s, 2, 10**5, step_s=0.01, val_s=1.0)
+    assert sum(fast[s.phase1_epochs:]) == s.details["phase2_cap"]
+    # Nothing to re-plan without a budget, or before phase 2 starts.
+    assert replan(epoch_schedule(100, 1, 2, 0.05), 1, 100, 0.1, 1) is None
+    assert replan(s, 0, 100, 0.1, 1) is None

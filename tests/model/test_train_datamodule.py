@@ -1,0 +1,73 @@
+"""The training DataModule: batches from the memory map, reproducible order, DDP shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from idcscan.data.datamodule import EvalBatches, IDCDataModule, PermutationStream
+from idcscan.errors import IdcscanError
+
+
+def test_stream_visits_every_patch_once_per_pass():
+    stream = PermutationStream(37, seed=3)
+    first, second = stream.take(0, 37), stream.take(37, 37)
+    assert sorted(first) == list(range(37)) and sorted(second) == list(range(37))
+    assert not np.array_equal(first, second)
+    # Any window is the same slice of the same stream, wherever it is cut.
+    assert np.array_equal(stream.take(30, 20), np.concatenate([first, second])[30:50])
+    assert np.array_equal(PermutationStream(37, seed=3).take(5, 50), stream.take(5, 50))
+
+
+def test_train_batches_match_the_split_and_are_reproducible(prepared_data):
+    dm = IDCDataModule(prepared_data, batch_size=16, seed=0)
+    dm.set_schedule([5, 7])
+    batches = dm.train_batches(epoch=1)
+    assert len(batches) == 7
+    images, labels = batches[0]
+    assert images.dtype == torch.uint8 and images.shape == (16, 50, 50, 3)
+    assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
+    # Round 1 continues the stream where round 0 stopped, in a fresh object too (resume).
+    again = IDCDataModule(prepared_data, batch_size=16, seed=0)
+    again.set_schedule([5, 7])
+    assert torch.equal(again.train_batches(epoch=1)[3][0], batches[3][0])
+    whole = IDCDataModule(prepared_data, batch_size=16, seed=0)
+    whole.set_schedule([12])
+    assert torch.equal(whole.train_batches(epoch=0)[5][0], batches[0][0])
+
+
+def test_ddp_ranks_get_disjoint_halves_of_each_global_batch(prepared_data):
+    dm = IDCDataModule(prepared_data, batch_size=8, seed=0)
+    dm.set_schedule([4])
+    single = IDCDataModule(prepared_data, batch_size=16, seed=0)
+    single.set_schedule([4])
+    r0, r1 = dm.train_batches(0, rank=0, world=2), dm.train_batches(0, rank=1, world=2)
+    for i in range(4):
+        joined = torch.cat([r0[i][0], r1[i][0]])
+        assert torch.equal(joined, single.train_batches(0)[i][0])
+
+
+def test_validation_covers_val_split_once_across_ranks(prepared_data):
+    dm = IDCDataModule(prepared_data, batch_size=16)
+    dm.load()
+    n = len(dm.val_labels)
+    parts = [EvalBatches(dm.val_images, dm.val_labels, 7, rank, 2) for rank in (0, 1)]
+    total = sum(len(p[i][1]) for p in parts for i in range(len(p)))
+    assert total == n
+    assert dm.val_batch_count(world=2) == len(
+        EvalBatches(dm.val_images, dm.val_labels, dm.eval_batch_size, 0, 2))
+
+
+def test_provenance_records_counts_and_split(prepared_data):
+    dm = IDCDataModule(prepared_data)
+    info = dm.provenance()
+    assert info["split_by"] == "patient" and info["split_seed"] == 0
+    assert sum(c["total"] for c in info["counts"].values()) == 480
+    assert info["n_patients"] == 12
+    assert dm.class_counts()[0] + dm.class_counts()[1] == info["counts"]["train"]["total"]
+
+
+def test_missing_dataset_says_what_to_run(tmp_path):
+    with pytest.raises(IdcscanError, match="idcscan prepare"):
+        IDCDataModule(tmp_path).load()
