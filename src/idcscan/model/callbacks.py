@@ -96,10 +96,9 @@ class ScheduleFit(L.Callback):
             if epoch >= schedule.phase1_epochs:
                 step_s = train_s / max(1, steps)
             elif self.rates is not None:
-                # No phase-2 step seen yet: scale the probe by how far phase 1 strayed from it
-                # (the machine got busier or quieter since the probe).
-                actual1 = train_s / max(1, steps)
-                step_s = self.rates.phase2_step_s * actual1 / self.rates.phase1_step_s
+                # No phase-2 step seen yet. (Scaling the probe by phase 1's actual pace was
+                # tried: forward-only steps predict backward-heavy ones badly, it was worse.)
+                step_s = self.rates.phase2_step_s
             else:  # resumed after phase 1 without a probe: scale phase 1's rate
                 step_s = 2.5 * train_s / max(1, steps)
             val_s = self._val_s if self._val_s is not None else 0.0
