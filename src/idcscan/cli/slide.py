@@ -41,7 +41,8 @@ def slide(
     ),
     batch_size: int = typer.Option(64, help="Tiles per ONNX Runtime call."),
     threshold: float | None = typer.Option(
-        None, help="P(IDC) from which a tile counts as IDC. Default: the bundle's threshold."
+        None, help="P(IDC) from which a tile counts as IDC. Default 0.5 on calibrated P(IDC): "
+        "unbiased IDC areas (the bundle's threshold favours sensitivity)."
     ),
 ) -> None:
     """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.

@@ -42,6 +42,14 @@ THUMB_MAX_SIDE = 2048
 ProgressFn = Callable[[int, int], None]
 
 
+#: Slide maps estimate an *area*: the share of tissue that is IDC. The bundle's threshold is
+#: chosen for balanced accuracy, which deliberately over-calls the minority class (it trades
+#: false positives for sensitivity), so counting tiles at it inflates the IDC fraction. On
+#: calibrated probabilities the tile call at 0.5 is the most-likely class of each tile, whose
+#: count is the unbiased estimate of the IDC area. ``--threshold`` overrides it.
+AREA_THRESHOLD = 0.5
+
+
 class ScaleWarning(UserWarning):
     """The slide's scale was assumed, or is coarser than the training scale."""
 
@@ -56,7 +64,8 @@ class SlideOptions:
     stride: int | None = None
     tta: bool = False
     batch_size: int = 64
-    #: P(IDC) at which a cell counts as IDC (None: the bundle's threshold)
+    #: P(IDC) at which a cell counts as IDC (None: AREA_THRESHOLD; see there why it is not
+    #: the bundle's patch threshold)
     threshold: float | None = None
     tissue: TissueParams = field(default_factory=TissueParams)
     prefetch: int = 2
@@ -220,7 +229,7 @@ def map_slide(
         )
     if options.batch_size < 1:
         raise IdcscanError(f"--batch-size must be at least 1, got {options.batch_size}.")
-    threshold = predictor.threshold if options.threshold is None else float(options.threshold)
+    threshold = AREA_THRESHOLD if options.threshold is None else float(options.threshold)
     if not 0.0 <= threshold <= 1.0:
         raise IdcscanError(f"--threshold must be between 0 and 1, got {threshold}.")
 
