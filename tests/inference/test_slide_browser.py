@@ -9,10 +9,6 @@ CDN). A screenshot goes to test-artifacts/slide.png for a human to look at.
 from __future__ import annotations
 
 import io
-import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,50 +21,12 @@ from idcscan import DISCLAIMER
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def _require_browser() -> None:
-    problem = None
-    if not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is missing (Debian: apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright package is not installed (pip install -e '.[dev]')"
-    if problem is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"Browser test cannot run in CI: {problem}.")
-    pytest.skip(f"Browser test skipped: {problem}.")
-
-
 @pytest.fixture(scope="module")
-def slide_server(tiny_bundle: Path) -> Iterator[str]:
-    import uvicorn
-
+def slide_server(tiny_bundle: Path, live_server) -> Iterator[str]:
     from idcscan.server.app import create_app
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(tiny_bundle), log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with live_server(create_app(tiny_bundle)) as url:
+        yield url
 
 
 def _large_png() -> bytes:
@@ -81,67 +39,60 @@ def _large_png() -> bytes:
     return buf.getvalue()
 
 
-def test_slide_page_maps_an_image_and_explains_refusals(slide_server: str) -> None:
-    _require_browser()
+def test_slide_page_maps_an_image_and_explains_refusals(
+    slide_server: str, browser, artifacts_dir: Path
+) -> None:
     import httpx
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 1000})
-            hosts: set[str] = set()
-            page.on("request", lambda r: hosts.add(urlparse(r.url).netloc or "data"))
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    hosts: set[str] = set()
+    page.on("request", lambda r: hosts.add(urlparse(r.url).netloc or "data"))
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
 
-            page.goto(slide_server + "/static/slide.html")
-            expect(page.get_by_test_id("disclaimer")).to_have_text(DISCLAIMER)
-            expect(page.get_by_role("link", name="Patches")).to_have_attribute("href", "/")
+    page.goto(slide_server + "/static/slide.html")
+    expect(page.get_by_test_id("disclaimer")).to_have_text(DISCLAIMER)
+    expect(page.get_by_role("link", name="Patches")).to_have_attribute("href", "/")
 
-            png = _large_png()
-            page.locator("#file-input").set_input_files(
-                [{"name": "large.png", "mimeType": "image/png", "buffer": png}]
-            )
-            expect(page.locator("#summary")).to_be_visible(timeout=30_000)
-            api = httpx.post(
-                slide_server + "/slide", files={"file": ("large.png", png, "image/png")}, timeout=60
-            ).json()
-            tiles = f"{api['n_tiles']} ({api['n_idc_tiles']} IDC)"
-            expect(page.locator("#tiles")).to_have_text(tiles)
-            expect(page.locator("#idc-fraction")).to_have_text(f"{100 * api['idc_fraction']:.1f}%")
-            expect(page.locator("#scale")).to_contain_text("assumed")
-            expect(page.locator("#warnings")).to_contain_text("training scale")
-            assert api["n_tiles"] == 8
-            overlay = page.locator("#heatmap-image")
-            expect(overlay).to_be_visible()
-            assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    png = _large_png()
+    page.locator("#file-input").set_input_files(
+        [{"name": "large.png", "mimeType": "image/png", "buffer": png}]
+    )
+    expect(page.locator("#summary")).to_be_visible(timeout=30_000)
+    api = httpx.post(
+        slide_server + "/slide", files={"file": ("large.png", png, "image/png")}, timeout=60
+    ).json()
+    tiles = f"{api['n_tiles']} ({api['n_idc_tiles']} IDC)"
+    expect(page.locator("#tiles")).to_have_text(tiles)
+    expect(page.locator("#idc-fraction")).to_have_text(f"{100 * api['idc_fraction']:.1f}%")
+    expect(page.locator("#scale")).to_contain_text("assumed")
+    expect(page.locator("#warnings")).to_contain_text("training scale")
+    assert api["n_tiles"] == 8
+    overlay = page.locator("#heatmap-image")
+    expect(overlay).to_be_visible()
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
 
-            page.locator("#opacity").fill("20")
-            expect(page.locator("#opacity-value")).to_have_text("20%")
-            opacity = "getComputedStyle(document.getElementById('heatmap-image')).opacity"
-            assert page.evaluate(opacity) == "0.2"
-            expect(page.get_by_test_id("disclaimer")).to_be_visible()
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "slide.png"), full_page=True)
+    page.locator("#opacity").fill("20")
+    expect(page.locator("#opacity-value")).to_have_text("20%")
+    opacity = "getComputedStyle(document.getElementById('heatmap-image')).opacity"
+    assert page.evaluate(opacity) == "0.2"
+    expect(page.get_by_test_id("disclaimer")).to_be_visible()
+    page.screenshot(path=str(artifacts_dir / "slide.png"), full_page=True)
 
-            bad = b"%PDF-1.4 not an image"
-            page.locator("#file-input").set_input_files(
-                [{"name": "report.pdf", "mimeType": "application/pdf", "buffer": bad}]
-            )
-            message = httpx.post(
-                slide_server + "/slide", files={"file": ("report.pdf", bad, "application/pdf")}
-            ).json()["error"]
-            expect(page.locator("#error-banner")).to_be_visible(timeout=20_000)
-            expect(page.locator("#error-text")).to_have_text(message)
-            expect(page.locator("#error-title")).to_contain_text("not supported")
+    bad = b"%PDF-1.4 not an image"
+    page.locator("#file-input").set_input_files(
+        [{"name": "report.pdf", "mimeType": "application/pdf", "buffer": bad}]
+    )
+    message = httpx.post(
+        slide_server + "/slide", files={"file": ("report.pdf", bad, "application/pdf")}
+    ).json()["error"]
+    expect(page.locator("#error-banner")).to_be_visible(timeout=20_000)
+    expect(page.locator("#error-text")).to_have_text(message)
+    expect(page.locator("#error-title")).to_contain_text("not supported")
 
-            local = urlparse(slide_server).netloc
-            assert hosts <= {local, "data"}, hosts
-            # Chromium logs every 4xx fetch as a console error; the refusal above is meant
-            assert not [e for e in errors if "Failed to load resource" not in e], errors
-        finally:
-            browser.close()
+    local = urlparse(slide_server).netloc
+    assert hosts <= {local, "data"}, hosts
+    # Chromium logs every 4xx fetch as a console error; the refusal above is meant
+    assert not [e for e in errors if "Failed to load resource" not in e], errors

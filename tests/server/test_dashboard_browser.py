@@ -10,11 +10,7 @@ test-artifacts/dashboard.png for a human to look at.
 from __future__ import annotations
 
 import io
-import os
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,75 +23,13 @@ from idcscan import DISCLAIMER
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _require_browser() -> None:
-    """Skip on a developer machine without Chromium; in CI (which installs it) fail instead."""
-    problem = None
-    if not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is missing (Debian: apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright package is not installed (pip install -e '.[dev]')"
-    if problem is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"Browser test cannot run in CI: {problem}.")
-    pytest.skip(f"Browser test skipped: {problem}.")
-
-
 @pytest.fixture(scope="module")
-def server(tiny_bundle: Path) -> Iterator[str]:
-    """The real app on a free loopback port, in a background thread; yields its base URL."""
-    import uvicorn
-
+def server(tiny_bundle: Path, live_server) -> Iterator[str]:
+    """The real app (demo flag on) on a free loopback port; yields its base URL."""
     from idcscan.server.app import create_app
 
-    app = create_app(tiny_bundle, demo=True)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with live_server(create_app(tiny_bundle, demo=True)) as url:
+        yield url
 
 
 def _png(seed: int) -> bytes:
@@ -110,7 +44,9 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def test_dashboard_classifies_explains_and_rejects(server: str, browser, tiny_bundle: Path):
+def test_dashboard_classifies_explains_and_rejects(
+    server: str, browser, tiny_bundle: Path, artifacts_dir: Path
+):
     import httpx
     from playwright.sync_api import expect
 
@@ -199,8 +135,7 @@ def test_dashboard_classifies_explains_and_rejects(server: str, browser, tiny_bu
 
     toggle.click()  # leave one explanation showing for the screenshot
     expect(toggle).to_have_attribute("aria-pressed", "true")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
 
     # The global switch shows every explanation.
     page.locator("#explain-all").check()
@@ -217,7 +152,7 @@ def test_dashboard_classifies_explains_and_rejects(server: str, browser, tiny_bu
     page.close()
 
 
-def test_dashboard_narrow_screen_keeps_disclaimer(server: str, browser):
+def test_dashboard_narrow_screen_keeps_disclaimer(server: str, browser, artifacts_dir: Path):
     """On a phone-sized screen the layout stacks and the disclaimer is still in view."""
     from playwright.sync_api import expect
 
@@ -226,6 +161,5 @@ def test_dashboard_narrow_screen_keeps_disclaimer(server: str, browser):
     expect(page.get_by_test_id("disclaimer")).to_be_visible()
     expect(page.get_by_test_id("disclaimer")).to_be_in_viewport()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "dashboard-narrow.png"), full_page=True)
+    page.screenshot(path=str(artifacts_dir / "dashboard-narrow.png"), full_page=True)
     page.close()
