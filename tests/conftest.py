@@ -76,9 +76,12 @@ def artifacts_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium. Skipped on a machine without it, but a failure in CI (which installs it)."""
+    """Headless Chromium, per module: Playwright's sync API keeps an event loop running while
+    it is open, which would break later tests that call asyncio.run.
+
+    Skipped on a machine without Chromium, but a failure in CI (which installs it)."""
     import os
 
     problem = None
