@@ -214,7 +214,28 @@ def resize(arr: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(im.resize((width, height), method), dtype=np.uint8)
 
 
-class TiffSlideReader(SlideReader):
+class _PyramidReader(SlideReader):
+    """Readers of OpenSlide-style libraries: levels, downsamples and mpp read once at open."""
+
+    _dims: tuple[tuple[int, int], ...]
+    _downsamples: tuple[float, ...]
+    _mpp: float | None
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._dims
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self._downsamples
+
+    @property
+    def mpp(self) -> float | None:
+        return self._mpp
+
+
+
+class TiffSlideReader(_PyramidReader):
     """SVS, NDPI, pyramidal and generic TIFF through tiffslide (tiles decoded on demand)."""
 
     backend = "tiffslide"
@@ -238,18 +259,6 @@ class TiffSlideReader(SlideReader):
         self._mpp = _mpp_from_properties(props, "tiffslide.mpp-x", "tiffslide.mpp-y")
         self.format = str(props.get("tiffslide.vendor", "tiff"))
 
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return self._dims
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return self._downsamples
-
-    @property
-    def mpp(self) -> float | None:
-        return self._mpp
-
     def _read_level(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         # tiffslide maps level-0 locations to level pixels with int(x / ds); ceil(lx * ds)
         # lands exactly on lx for any downsample >= 1.
@@ -272,7 +281,7 @@ def _mpp_from_properties(props: Any, key_x: str, key_y: str) -> float | None:
     return plausible_mpp(sum(values) / len(values)) if values else None
 
 
-class OpenSlideReader(SlideReader):
+class OpenSlideReader(_PyramidReader):
     """MRXS and every other format OpenSlide reads (optional dependency)."""
 
     backend = "openslide"
@@ -290,18 +299,6 @@ class OpenSlideReader(SlideReader):
             self._slide.properties, openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y
         )
         self.format = str(self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR, ""))
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return self._dims
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return self._downsamples
-
-    @property
-    def mpp(self) -> float | None:
-        return self._mpp
 
     def _read_level(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         ds = self._downsamples[level]
