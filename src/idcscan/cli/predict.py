@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from idcscan.progress import progress_bar
 from idcscan.cli.app import app, console, out, print_disclaimer
 
 
@@ -27,8 +28,6 @@ def predict(
 ) -> None:
     """Predict IDC for image files and folders: one row per image (unreadable files get an
     error row). Research use only."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from rich.progress import TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
     from idcscan.inference.folder import collect_images, output_format, predict_files
@@ -39,16 +38,8 @@ def predict(
         output_format(out_file)  # refuse a bad suffix before any work
     paths = collect_images(inputs)
     predictor = Predictor(bundle, batch_size=batch_size)
-    with Progress(
-        TextColumn("[bold]predict[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=out_file is None,
-    ) as progress:
-        task = progress.add_task("images", total=len(paths))
+    with progress_bar(unit="images", console=console, transient=out_file is None) as progress:
+        task = progress.add_task("predict", total=len(paths))
         rows = list(
             predict_files(
                 predictor,

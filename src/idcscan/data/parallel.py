@@ -13,9 +13,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_all_start_methods, get_context
 from typing import Any, TypeVar
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from idcscan.progress import progress_bar
 from idcscan.errors import IdcscanError
 
 T = TypeVar("T")
@@ -34,17 +33,6 @@ def resolve_workers(workers: int | None) -> int:
     if workers < 1:
         raise IdcscanError("--workers must be at least 1.")
     return int(workers)
-
-
-def progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
 
 
 def map_ordered(

@@ -19,17 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from idcscan import DISCLAIMER, __version__
+from idcscan.progress import progress_bar
 from idcscan.data.packed import PackedDataset, load_packed
 from idcscan.errors import IdcscanError
 from idcscan.evaluation import plots
@@ -80,14 +72,7 @@ def score_split(
 ) -> np.ndarray:
     """P(IDC) for every entry of ``ds``, reading the memory map one batch at a time."""
     probs = np.empty(len(ds), dtype=np.float64)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(description, total=len(ds))
         for start in range(0, len(ds), batch_size):
             stop = min(start + batch_size, len(ds))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from idcscan import DISCLAIMER
+from idcscan.progress import progress_bar
 from idcscan.errors import IdcscanError
 from idcscan.inference.predictor import Predictor
 from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader, open_slide, resize
@@ -458,28 +459,12 @@ def run_slides(
 
     One slide failing (unreadable file) does not stop the others; the report lists it.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     out_dir = Path(out_dir)
     shard_t = shard if isinstance(shard, tuple) else parse_shard(shard)
     paths = select_shard(expand_inputs(inputs), shard_t)
     report = RunReport()
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tiles"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
+    with progress_bar(progress, unit="tiles", console=console) as bar:
         for path in paths:
             name = slide_name(path)
             if is_finished(out_dir, name):
