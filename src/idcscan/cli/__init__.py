@@ -3,6 +3,7 @@
 from idcscan.cli.app import app
 from idcscan.cli import data as _data  # noqa: F401  (registers commands)
 from idcscan.cli import train as _train  # noqa: F401
+from idcscan.cli import cv as _cv  # noqa: F401
 from idcscan.cli import evaluate as _evaluate  # noqa: F401
 from idcscan.cli import predict as _predict  # noqa: F401
 from idcscan.cli import serve as _serve  # noqa: F401

@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 
 from idcscan.cli.app import app, console, out, print_disclaimer
+from idcscan.cli.recipe import recipe_options
 from idcscan.model.config import TrainConfig
 
-_D = TrainConfig(data="", out="")
 
 
 def process_start_time() -> float:
@@ -30,32 +30,14 @@ def process_start_time() -> float:
 
 
 @app.command()
+@recipe_options
 def train(
     data: Path = typer.Argument(..., help="Packed dataset folder written by `idcscan prepare`."),
     run: Path = typer.Option(..., "--out", help="Run folder (checkpoints, metrics, bundle/)."),
-    backbone: str = typer.Option(_D.backbone, help="Any timm model name."),
-    weights: str = typer.Option(
-        _D.weights, help="imagenet | none | PATH (.safetensors/.pth state_dict)."
-    ),
-    input_size: int = typer.Option(_D.input_size, help="Network input size (patches are 50 px)."),
-    frozen_epochs: float = typer.Option(
-        _D.frozen_epochs, help="Phase 1 (frozen backbone) length cap, in passes over train."
-    ),
-    finetune_epochs: float = typer.Option(
-        _D.finetune_epochs, help="Phase 2 (unfrozen backbone) length cap, in passes over train."
-    ),
-    batch_size: int = typer.Option(_D.batch_size, help="Patches per step and device."),
-    devices: int = typer.Option(_D.devices, help="Devices (GPUs, or CPU processes) for DDP."),
-    max_minutes: float | None = typer.Option(
-        None, help="Time budget for the whole command; the schedule is fitted to it."
-    ),
-    seed: int = typer.Option(_D.seed, help="Seed for sampling, augmentation and init."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
-    unfreeze: str = typer.Option(
-        _D.unfreeze,
-        help="Phase 2 trains 'all' of the backbone, its last N layers (30), or a share (0.7).",
-    ),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    splits: Path | None = typer.Option(
+        None, help="CSV (row, split) replacing the dataset's split column (cv writes these)."),
+    recipe: dict | None = None,
 ) -> None:
     """Train a classifier on a prepared dataset and export RUN/bundle (ONNX + model card)."""
     started = process_start_time()
@@ -65,12 +47,8 @@ def train(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from idcscan.model.train import train as run_training  # heavy: torch, lightning, timm
 
-    config = TrainConfig(
-        data=str(data), out=str(run), backbone=backbone, weights=weights, input_size=input_size,
-        frozen_epochs=frozen_epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
-        devices=devices, max_minutes=max_minutes, seed=seed, resume=resume, unfreeze=unfreeze,
-        progress=progress,
-    )
+    config = TrainConfig(data=str(data), out=str(run), resume=resume,
+                         splits=str(splits) if splits else None, **(recipe or {}))
     result = run_training(config, started=started)
     if result.bundle_dir is None:  # a DDP worker process: rank 0 reports
         return

@@ -97,9 +97,11 @@ class IDCDataModule(L.LightningDataModule):
 
     def __init__(self, data_dir: str | Path, batch_size: int = 64, seed: int = 0,
                  num_workers: int = 0, augment: AugmentConfig | None = AugmentConfig(),
-                 eval_batch_size: int = 256) -> None:
+                 eval_batch_size: int = 256, splits: str | Path | None = None) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
+        #: Optional splits file (row, split) that overrides index.csv's split column.
+        self.splits = Path(splits) if splits is not None else None
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
@@ -114,7 +116,7 @@ class IDCDataModule(L.LightningDataModule):
         """Read train and val splits into memory (idempotent)."""
         if self.packed is not None:
             return
-        data = load_packed(self.data_dir)
+        data = load_packed(self.data_dir, self.splits)
         for split in ("train", "val"):
             if not (data.split == split).any():
                 raise IdcscanError(
@@ -243,6 +245,7 @@ class IDCDataModule(L.LightningDataModule):
             "val_frac": meta.get("val_frac"),
             "test_frac": meta.get("test_frac"),
             "split_by": meta.get("split_by", "patient"),
+            "splits_file": str(self.splits.resolve()) if self.splits is not None else None,
             "prepared_by": meta.get("idcscan_version"),
             "trained_on": "train split; validation split used for checkpoint choice, "
                           "temperature and threshold; test split untouched",

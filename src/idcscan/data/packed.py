@@ -2,6 +2,10 @@
 
 Layout: ``patches.npy`` (uint8, N x 50 x 50 x 3, memory-mapped on read), ``index.csv``
 (row, patient, x, y, label, split; row indexes patches.npy) and ``prepare.json``.
+
+A splits file (CSV with columns ``row``, ``split``) can replace index.csv's split column when
+the dataset is opened: cross-validation trains and tests each fold on its own patients this
+way, without copying a single patch. Rows the file does not list are left out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ PATCHES = "patches.npy"
 INDEX = "index.csv"
 META = "prepare.json"
 INDEX_COLUMNS = ["row", "patient", "x", "y", "label", "split"]
+SPLITS_COLUMNS = ["row", "split"]
 SPLITS = ("train", "val", "test")
 
 
@@ -82,8 +87,59 @@ def read_index(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def load_packed(root: str | Path) -> PackedDataset:
-    """Open a packed dataset; patches stay on disk (memory map)."""
+def read_splits(path: str | Path) -> dict[int, str]:
+    """{row: split} from a splits file (``row``, ``split``); each row once, known splits only."""
+    path = Path(path)
+    if not path.is_file():
+        raise IdcscanError(f"Splits file {path} does not exist.")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(SPLITS_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise IdcscanError(f"{path} lacks columns {sorted(missing)}; a splits file has "
+                               "columns row,split.")
+        out: dict[int, str] = {}
+        for r in reader:
+            row, split = int(r["row"]), r["split"]
+            if split not in SPLITS:
+                raise IdcscanError(f"{path}: row {row} has split {split!r}; use one of "
+                                   f"{', '.join(SPLITS)}.")
+            if row in out:
+                raise IdcscanError(f"{path} lists row {row} twice.")
+            out[row] = split
+    return out
+
+
+def write_splits(path: str | Path, rows: np.ndarray, splits: np.ndarray) -> Path:
+    """Write a splits file atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(SPLITS_COLUMNS)
+        writer.writerows(zip((int(r) for r in rows), (str(s) for s in splits)))
+    tmp.replace(path)
+    return path
+
+
+def apply_splits(data: PackedDataset, splits: dict[int, str]) -> PackedDataset:
+    """``data`` with its split column replaced by ``splits``; unlisted rows are dropped."""
+    known = set(data.rows.tolist())
+    unknown = [r for r in splits if r not in known]
+    if unknown:
+        raise IdcscanError(f"The splits file names row {unknown[0]}, which {data.root}/{INDEX} "
+                           "does not have; was it written for another dataset?")
+    keep = np.array([int(r) in splits for r in data.rows], dtype=bool)
+    new_split = np.array([splits[int(r)] for r in data.rows[keep]], dtype=str)
+    return PackedDataset(root=data.root, patches=data.patches, rows=data.rows[keep],
+                         patient=data.patient[keep], x=data.x[keep], y=data.y[keep],
+                         label=data.label[keep], split=new_split, meta=data.meta)
+
+
+def load_packed(root: str | Path, splits: str | Path | None = None) -> PackedDataset:
+    """Open a packed dataset; patches stay on disk (memory map). ``splits``: a splits file
+    whose assignment replaces index.csv's (see the module docstring)."""
     root = Path(root)
     if not (root / PATCHES).is_file() or not (root / INDEX).is_file():
         raise IdcscanError(
@@ -96,4 +152,8 @@ def load_packed(root: str | Path) -> PackedDataset:
     if len(idx["row"]) and idx["row"].max() >= len(patches):
         raise IdcscanError(f"{root / INDEX} points past the end of {PATCHES}; re-run prepare.")
     rows = idx.pop("row")  # index.csv column "row" -> field "rows"
-    return PackedDataset(root=root, patches=patches, rows=rows, meta=meta, **idx)
+    data = PackedDataset(root=root, patches=patches, rows=rows, meta=meta, **idx)
+    if splits is not None:
+        data = apply_splits(data, read_splits(splits))
+        data.meta = {**meta, "splits_file": str(Path(splits).resolve())}
+    return data

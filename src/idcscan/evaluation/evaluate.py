@@ -163,8 +163,12 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    splits: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``split`` of the packed dataset ``data`` with ``bundle``; return metrics.json.
+
+    ``splits``: a splits file (row, split) replacing the dataset's own assignment, as
+    cross-validation uses to score each fold on its own test patients.
 
     With ``out`` the full report (metrics.json, predictions.csv, patients.csv, four plots,
     report.md) is written there. Intervals are percentile bootstraps over patients.
@@ -176,7 +180,7 @@ def evaluate(
     if batch_size < 1:
         raise IdcscanError(f"--batch-size must be at least 1, got {batch_size}.")
     predictor = Predictor(bundle, batch_size=batch_size)
-    ds = load_packed(data).subset(split)
+    ds = load_packed(data, splits).subset(split)
     size = predictor.pre.patch_size
     if ds.patches.shape[1:] != (size, size, 3):
         raise IdcscanError(

@@ -104,9 +104,12 @@ def expected_calibration_error(labels: Any, probs: Any, n_bins: int = DEFAULT_EC
 
 
 def binary_metrics(
-    labels: Any, probs: Any, threshold: float, n_bins: int = DEFAULT_ECE_BINS
+    labels: Any, probs: Any, threshold: float | np.ndarray, n_bins: int = DEFAULT_ECE_BINS
 ) -> dict[str, Any]:
     """Every patch-level metric at ``threshold`` (a patch is IDC when P >= threshold).
+
+    ``threshold`` may also be one value per patch (pooled out-of-fold predictions, each patch
+    called at its own fold model's threshold); ``threshold`` in the result is then None.
 
     Metrics undefined for the data (AUC with one class present, precision with no positive
     calls, ...) are ``None`` rather than an exception or a misleading 0.
@@ -114,7 +117,8 @@ def binary_metrics(
     y, p = _as_inputs(labels, probs)
     if y.size == 0:
         raise IdcscanError("Cannot compute metrics on an empty set of patches.")
-    pred = (p >= threshold).astype(np.int64)
+    thr = np.asarray(threshold, dtype=np.float64)
+    pred = (p >= thr).astype(np.int64)
     (tn, fp), (fn, tp) = confusion_matrix(y, pred, labels=[0, 1]).tolist()
     both = 0 < y.sum() < y.size
     counts = _count_metrics(*(np.asarray(v, dtype=np.float64) for v in (tp, fp, tn, fn)))
@@ -124,7 +128,7 @@ def binary_metrics(
     }
     result.update({k: _none_if_nan(float(v)) for k, v in counts.items()})
     result["ece"] = expected_calibration_error(y, p, n_bins)
-    result["threshold"] = float(threshold)
+    result["threshold"] = float(thr) if thr.ndim == 0 else None
     result["n_patches"] = int(y.size)
     result["confusion_matrix"] = [[int(tn), int(fp)], [int(fn), int(tp)]]
     return result

@@ -68,6 +68,12 @@ class Predictor:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @property
+    def tta_in_graph(self) -> bool:
+        """The bundle's graph already averages the dihedral views (``idcscan train --tta``)."""
+        tta = (self.card.model_extra or {}).get("tta")
+        return isinstance(tta, dict) and bool(tta.get("in_graph"))
+
+    @property
     def threshold(self) -> float:
         return float(self.card.threshold)
 
@@ -89,8 +95,10 @@ class Predictor:
         return self.session.run(outputs, {self.input_name: batch})
 
     def logits(self, patches: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Raw logits; with ``tta`` the mean logit over the 8 dihedral views."""
+        """Raw logits; with ``tta`` the mean logit over the 8 dihedral views (a bundle with TTA
+        in its graph always gives that, so ``tta`` is not applied twice)."""
         patches = self._check(patches)
+        tta = tta and not self.tta_in_graph
         out = np.empty(len(patches), dtype=np.float32)
         for start in range(0, len(patches), self.batch_size):
             batch = patches[start : start + self.batch_size]

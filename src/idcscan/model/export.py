@@ -20,7 +20,7 @@ from idcscan.inference.bundle import (
     sha256_file,
     write_card,
 )
-from idcscan.model.network import ExportModel, IDCNet
+from idcscan.model.network import DihedralTTA, ExportModel, IDCNet
 from idcscan.preprocessing import TRAINING_MPP
 
 OPSET = 18
@@ -37,10 +37,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def export_onnx(net: IDCNet, path: Path) -> Path:
-    """Write ``net`` (with in-graph preprocessing and Grad-CAM output) to ONNX, batch dynamic."""
+#: What model.json says when the graph averages the 8 dihedral views itself.
+TTA_CARD = {"in_graph": True, "views": 8, "reduce": "mean logit over the 8 symmetries of the "
+            "square", "cam": "identity view"}
+
+
+def export_onnx(net: IDCNet, path: Path, tta: bool = False) -> Path:
+    """Write ``net`` (with in-graph preprocessing and Grad-CAM output) to ONNX, batch dynamic;
+    with ``tta`` the graph returns the mean logit over the 8 dihedral views."""
     net = net.eval().float().cpu()
-    model = ExportModel(net).eval()
+    model = ExportModel(DihedralTTA(net) if tta else net).eval()
     p = net.pre.patch_size
     example = torch.randint(0, 256, (2, p, p, 3), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,10 +69,11 @@ def export_onnx(net: IDCNet, path: Path) -> Path:
     return path
 
 
-def export_bundle(net: IDCNet, out_dir: str | Path, **card_fields: Any) -> Bundle:
+def export_bundle(net: IDCNet, out_dir: str | Path, tta: bool = False,
+                  **card_fields: Any) -> Bundle:
     """Export ONNX and write the model card; ``card_fields`` fills threshold, metrics, data...."""
     out_dir = Path(out_dir)
-    onnx_path = export_onnx(net, out_dir / ONNX_NAME)
+    onnx_path = export_onnx(net, out_dir / ONNX_NAME, tta=tta)
     pre = net.pre
     fields: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -82,6 +89,7 @@ def export_bundle(net: IDCNet, out_dir: str | Path, **card_fields: Any) -> Bundl
         "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "disclaimer": DISCLAIMER,
+        "tta": TTA_CARD if tta else None,
     }
     fields.update(card_fields)
     write_card(ModelCard.model_validate(fields), out_dir)

@@ -62,19 +62,42 @@ class Head(nn.Module):
         return (gate @ self.fc1.weight) * scale  # (N, C)
 
 
+class LinearHead(nn.Module):
+    """GAP -> Dropout 0.2 -> 1 logit: the plain fine-tuning head (as timm's classifiers).
+
+    The output layer is called ``fc2`` in both heads, so the prior correction and the card's
+    readers find the last bias in the same place."""
+
+    def __init__(self, in_features: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(in_features, 1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(pooled)).squeeze(1)
+
+    def logit_gradient(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc2.weight.expand(pooled.shape[0], -1)
+
+
+HEADS = {"mlp": Head, "linear": LinearHead}
+
+
 class IDCNet(nn.Module):
     """Binary IDC classifier: one logit per patch, sigmoid(logit / T) = P(IDC)."""
 
-    def __init__(self, backbone: str, pre: Preprocessing, drop_path_rate: float = 0.0) -> None:
+    def __init__(self, backbone: str, pre: Preprocessing, drop_path_rate: float = 0.0,
+                 head: str = "mlp") -> None:
         super().__init__()
         self.backbone_name = backbone
+        self.head_name = head
         self.pre = pre
         self.preprocess = PreprocessLayer(pre)
         kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
         self.backbone = timm.create_model(
             backbone, pretrained=False, num_classes=0, global_pool="", **kwargs
         )
-        self.head = Head(self.backbone.num_features)
+        self.head = HEADS[head](self.backbone.num_features)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(self.preprocess(x))
@@ -92,10 +115,37 @@ class IDCNet(nn.Module):
         return logit, cam
 
 
+def dihedral_stack(x: torch.Tensor) -> torch.Tensor:
+    """The 8 symmetries of the square of an NHWC batch, stacked view-major (8N, H, W, C);
+    the same views, in the same order, as ``idcscan.inference.predictor.dihedral_views``."""
+    views = []
+    for flip in (False, True):
+        base = torch.flip(x, dims=(2,)) if flip else x
+        views.extend(torch.rot90(base, k, dims=(1, 2)) for k in range(4))
+    return torch.cat(views)
+
+
+class DihedralTTA(nn.Module):
+    """Test-time augmentation inside the graph: the mean logit over the 8 dihedral views.
+
+    Grad-CAM comes from the identity view, so explanations still line up with the input."""
+
+    def __init__(self, net: IDCNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(dihedral_stack(x)).view(8, -1).mean(0)
+
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, cam = self.net.forward_with_cam(dihedral_stack(x))
+        return logit.view(8, -1).mean(0), cam[: x.shape[0]]
+
+
 class ExportModel(nn.Module):
     """What goes into model.onnx: input ``image`` -> outputs ``logit`` and ``cam``."""
 
-    def __init__(self, net: IDCNet) -> None:
+    def __init__(self, net: IDCNet | DihedralTTA) -> None:
         super().__init__()
         self.net = net
 

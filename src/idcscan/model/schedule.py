@@ -53,6 +53,7 @@ class Schedule:
     warmup_steps: int = 0
     head_warmup_steps: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    final_lr_fraction: float = FINAL_LR_FRACTION
 
     @property
     def phase1_steps(self) -> int:
@@ -73,7 +74,7 @@ class Schedule:
         """Multiplier of a group's peak learning rate at optimizer step ``step``.
 
         Phase 1: the head warms up briefly, then holds; the backbone is idle (0). Phase 2: both
-        warm up linearly, then follow a cosine down to FINAL_LR_FRACTION at the last step.
+        warm up linearly, then follow a cosine down to ``final_lr_fraction`` at the last step.
         """
         s1 = self.phase1_steps
         if step < s1:
@@ -86,7 +87,8 @@ class Schedule:
             return (t + 1) / (self.warmup_steps + 1)
         progress = min(1.0, (t - self.warmup_steps) / max(1, n - self.warmup_steps))
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
-        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * cosine
+        floor = self.final_lr_fraction
+        return floor + (1 - floor) * cosine
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,7 +99,7 @@ class Schedule:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Schedule":
         keys = ("epoch_steps", "phase1_epochs", "steps_per_pass", "warmup_steps",
-                "head_warmup_steps", "details")
+                "head_warmup_steps", "details", "final_lr_fraction")
         return cls(**{k: d[k] for k in keys if k in d})
 
 
@@ -113,7 +115,8 @@ def _warmups(phase1: int, phase2: int, warmup_fraction: float) -> tuple[int, int
 
 
 def epoch_schedule(steps_per_pass: int, frozen_epochs: float, finetune_epochs: float,
-                   warmup_fraction: float) -> Schedule:
+                   warmup_fraction: float,
+                   final_lr_fraction: float = FINAL_LR_FRACTION) -> Schedule:
     """No budget: each phase lasts its number of passes, one validation round per pass."""
     s1 = int(round(frozen_epochs * steps_per_pass))
     s2 = int(round(finetune_epochs * steps_per_pass))
@@ -121,7 +124,7 @@ def epoch_schedule(steps_per_pass: int, frozen_epochs: float, finetune_epochs: f
     r2 = split_rounds(s2, math.ceil(finetune_epochs)) if s2 else []
     hw, w = _warmups(s1, s2, warmup_fraction)
     return Schedule(epoch_steps=r1 + r2, phase1_epochs=len(r1), steps_per_pass=steps_per_pass,
-                    warmup_steps=w, head_warmup_steps=hw,
+                    warmup_steps=w, head_warmup_steps=hw, final_lr_fraction=final_lr_fraction,
                     details={"mode": "epochs", "frozen_epochs": frozen_epochs,
                              "finetune_epochs": finetune_epochs})
 
@@ -129,16 +132,18 @@ def epoch_schedule(steps_per_pass: int, frozen_epochs: float, finetune_epochs: f
 def budget_schedule(rates: Rates, seconds_left: float, steps_per_pass: int,
                     frozen_epochs: float, finetune_epochs: float, *,
                     frozen_time_fraction: float = 0.08, val_rounds: int = 4,
-                    warmup_fraction: float = 0.05, fixed_cost_s: float = 0.0) -> Schedule:
+                    warmup_fraction: float = 0.05, fixed_cost_s: float = 0.0,
+                    final_lr_fraction: float = FINAL_LR_FRACTION) -> Schedule:
     """Fit both phases into ``seconds_left`` (what remains for training, validation, export).
 
     ``fixed_cost_s`` is everything after fit that does not scale with steps (loading the best
     checkpoint, calibration, plots). Epoch counts act as caps: a fast machine stops at them.
+    ``frozen_time_fraction`` 0 skips phase 1 (the whole backbone trains from the first step).
     """
     t1, t2 = rates.phase1_step_s * SAFETY, rates.phase2_step_s * SAFETY
     val = rates.val_pass_s * SAFETY
     train_time = seconds_left - rates.export_s * SAFETY - fixed_cost_s
-    has1, has2 = frozen_epochs > 0, finetune_epochs > 0
+    has1, has2 = frozen_epochs > 0 and frozen_time_fraction > 0, finetune_epochs > 0
     # Fewer validation rounds when a validation pass is a large share of the budget.
     rounds2 = val_rounds if has2 else 0
     # At least two phase-2 rounds: re-planning after the first corrects a misjudged probe.
@@ -161,7 +166,7 @@ def budget_schedule(rates: Rates, seconds_left: float, steps_per_pass: int,
         + fixed_cost_s
     return Schedule(
         epoch_steps=r1 + r2, phase1_epochs=len(r1), steps_per_pass=steps_per_pass,
-        warmup_steps=w, head_warmup_steps=hw,
+        warmup_steps=w, head_warmup_steps=hw, final_lr_fraction=final_lr_fraction,
         details={"mode": "time budget", "seconds_left_at_fit": round(seconds_left, 2),
                  "predicted_s": round(predicted, 2), "rates": asdict(rates),
                  "safety_factor": SAFETY, "capped_by_epochs": s1 == cap1 and s2 == cap2,

@@ -70,9 +70,15 @@ def _is_child_process() -> bool:
     return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
-def preprocessing_for(backbone: str, input_size: int) -> Preprocessing:
-    """In-graph preprocessing matching the backbone's pretraining normalisation (Lite0's TF
-    weights expect mean = std = 0.5, most timm models ImageNet's statistics)."""
+def preprocessing_for(backbone: str, input_size: int, normalize: str = "backbone"
+                      ) -> Preprocessing:
+    """In-graph preprocessing. ``normalize`` "backbone" matches the backbone's pretraining
+    normalisation (Lite0's TF weights expect mean = std = 0.5, most timm models ImageNet's
+    statistics); "imagenet" and "half" (mean = std = 0.5) force one."""
+    if normalize == "half":
+        return Preprocessing(input_size=input_size, mean=(0.5,) * 3, std=(0.5,) * 3)
+    if normalize == "imagenet":
+        return Preprocessing(input_size=input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     cfg = timm.get_pretrained_cfg(backbone)
     mean = tuple(cfg.mean) if cfg is not None and cfg.mean else IMAGENET_MEAN
     std = tuple(cfg.std) if cfg is not None and cfg.std else IMAGENET_STD
@@ -87,8 +93,8 @@ def build_network(cfg: TrainConfig):
             f"Unknown backbone {cfg.backbone!r}; use a timm model name such as "
             "tf_efficientnet_lite0 or efficientnet_b0 (see timm.list_models())."
         )
-    return IDCNet(cfg.backbone, preprocessing_for(cfg.backbone, cfg.input_size),
-                  drop_path_rate=cfg.drop_path_rate)
+    return IDCNet(cfg.backbone, preprocessing_for(cfg.backbone, cfg.input_size, cfg.normalize),
+                  drop_path_rate=cfg.drop_path_rate, head=cfg.head)
 
 
 def _precision(cfg: TrainConfig, accelerator: str) -> str:
@@ -147,8 +153,13 @@ def _best_state(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
 
 
-def _val_logits(net, images: torch.Tensor, batch: int = 256) -> np.ndarray:
+def _val_logits(net, images: torch.Tensor, batch: int = 256, tta: bool = False) -> np.ndarray:
+    """Logits of the (exported) network; with ``tta`` the graph's 8-view mean."""
+    from idcscan.model.network import DihedralTTA
+
     net.eval()
+    if tta:
+        net, batch = DihedralTTA(net), max(1, batch // 8)
     out = []
     with torch.no_grad():
         for s in range(0, len(images), batch):
@@ -162,6 +173,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
+    from idcscan.data.augment import augment_preset
     from idcscan.data.datamodule import IDCDataModule
     from idcscan.model.callbacks import RoundMetricsCSV, ScheduleFit
     from idcscan.model.module import IDCModule
@@ -193,7 +205,8 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = IDCDataModule(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed,
-                       num_workers=cfg.num_workers)
+                       num_workers=cfg.num_workers, splits=cfg.splits,
+                       augment=augment_preset(cfg.augment, cfg.hed_sigma))
     dm.load()
     net = build_network(cfg)
     if cfg.resume or child:
@@ -217,7 +230,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
         schedule = Schedule.from_dict(saved["schedule"])
     elif deadline is None:
         schedule = epoch_schedule(steps_per_pass, cfg.frozen_epochs, cfg.finetune_epochs,
-                                  cfg.warmup_fraction)
+                                  cfg.warmup_fraction, cfg.final_lr_fraction)
     module = IDCModule(net, schedule, unfreeze=cfg.unfreeze, lr_head=cfg.lr_head,
                        lr_backbone=cfg.lr_backbone, weight_decay=cfg.weight_decay,
                        label_smoothing=cfg.label_smoothing, pos_weight=pos_weight,
@@ -229,10 +242,13 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
 
     def make_schedule(rates, seconds_left: float) -> Schedule:
         fixed = POST_FIT_S + ROUND_OVERHEAD_S * (cfg.val_rounds + 1)
+        # Scoring validation again after fit: 8 views with TTA; once for last/EMA weights.
+        fixed += rates.val_pass_s * (8 if cfg.tta else 1 if cfg.select != "best" else 0)
         return budget_schedule(
             rates, seconds_left, steps_per_pass, cfg.frozen_epochs, cfg.finetune_epochs,
             frozen_time_fraction=cfg.frozen_time_fraction, val_rounds=cfg.val_rounds,
             warmup_fraction=cfg.warmup_fraction, fixed_cost_s=fixed,
+            final_lr_fraction=cfg.final_lr_fraction,
         )
 
     run_info = {
@@ -268,6 +284,12 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
         checkpoint,
         RoundMetricsCSV(run_dir / METRICS, started),
     ]
+    ema = None
+    if cfg.select == "ema":
+        from idcscan.model.ema import WeightEMA
+
+        ema = WeightEMA(cfg.ema_decay)
+        callbacks.append(ema)
     if cfg.progress:
         callbacks.append(RichProgressBar(leave=True))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -293,13 +315,19 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
         return TrainResult(run_dir, None, None, {}, 1.0, 0.5,
                            module.schedule.to_dict() if module.schedule else {},
                            time.time() - started)
-    return _finish(cfg, run_dir, module, dm, checkpoint, run_info, started)
+    return _finish(cfg, run_dir, module, dm, checkpoint, run_info, started, ema)
+
+
+def _threshold(rule: str, labels: np.ndarray, probs: np.ndarray) -> float:
+    from idcscan.evaluation.metrics import choose_threshold
+
+    return choose_threshold(labels, probs) if rule == "balanced" else float(rule)
 
 
 def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: dict[str, Any],
-            started: float) -> TrainResult:
-    """Best checkpoint -> prior correction -> temperature -> threshold -> bundle -> checks."""
-    from idcscan.evaluation.metrics import binary_metrics, choose_threshold
+            started: float, ema=None) -> TrainResult:
+    """Chosen weights -> prior correction -> temperature -> threshold -> bundle -> checks."""
+    from idcscan.evaluation.metrics import binary_metrics
     from idcscan.model.calibration import calibrated_probs, fit_temperature
     from idcscan.model.export import export_bundle
     from idcscan.model.history import plot_curves
@@ -308,21 +336,27 @@ def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: d
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None \
         else math.nan
-    if best_path is not None and best_path.is_file():
+    if cfg.select == "best" and best_path is not None and best_path.is_file():
         net.load_state_dict(_best_state(best_path))
+    elif cfg.select == "ema" and ema is not None and ema.ema is not None:
+        net.load_state_dict(ema.averaged_state())
     net = net.to(memory_format=torch.contiguous_format)
     cached = module.best_val
-    if cached is not None and math.isclose(cached["auc"], best_score, abs_tol=1e-7):
+    if cfg.select == "best" and not cfg.tta and cached is not None and \
+            math.isclose(cached["auc"], best_score, abs_tol=1e-7):
         logits = cached["logits"].numpy().astype(np.float64)
         labels = cached["labels"].numpy()
     else:
-        logits = _val_logits(net, dm.val_images).astype(np.float64)
+        logits = _val_logits(net, dm.val_images, tta=cfg.tta).astype(np.float64)
         labels = dm.val_labels.numpy()
-    shift = module.fold_prior_correction()
-    logits = logits + shift
-    temperature = fit_temperature(logits, labels)
+    if cfg.calibration == "temperature":
+        shift = module.fold_prior_correction()
+        logits = logits + shift
+        temperature = fit_temperature(logits, labels)
+    else:
+        shift, temperature = 0.0, 1.0
     probs = calibrated_probs(logits, temperature)
-    threshold = choose_threshold(labels, probs)
+    threshold = _threshold(cfg.threshold_rule, labels, probs)
     validation = binary_metrics(labels, probs, threshold)
     validation["n_patients"] = int(len(np.unique(dm.packed.subset("val").patient)))
 
@@ -334,23 +368,30 @@ def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: d
         "prior_correction": shift,
         "best_checkpoint": best_path.name if best_path else None,
         "best_val_auc": best_score,
-        "augmentation": dm.augment.to_dict() if dm.augment else None,
+        "selected_weights": {"best": "best validation AUC checkpoint", "last": "last step",
+                             "ema": f"EMA of the weights, decay {cfg.ema_decay}"}[cfg.select],
+        "augmentation": {"preset": cfg.augment, **dm.augment.to_dict()} if dm.augment
+        else None,
         "loss": f"BCE with logits, pos_weight {run_info['pos_weight']:.3f}, "
                 f"label smoothing {cfg.label_smoothing}",
-        "optimizer": "AdamW, cosine decay per step after linear warm-up",
+        "optimizer": f"AdamW, cosine decay per step to {cfg.final_lr_fraction} of the peak "
+                     f"after linear warm-up ({cfg.warmup_fraction} of phase 2)",
+        "calibration": cfg.calibration,
+        "threshold_rule": cfg.threshold_rule,
+        "head": cfg.head,
     }
     bundle_dir = run_dir / BUNDLE
     tmp = run_dir / f".{BUNDLE}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     export_bundle(
-        net, tmp,
+        net, tmp, tta=cfg.tta,
         calibration={"method": "temperature", "temperature": temperature},
         threshold=threshold,
         metrics={"validation": validation},
         data=dm.provenance(),
         training=training,
     )
-    _check_onnx(net, tmp, dm.val_images[:32])
+    _check_onnx(net, tmp, dm.val_images[:32], tta=cfg.tta)
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
     tmp.replace(bundle_dir)
@@ -367,13 +408,14 @@ def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: d
                        schedule, elapsed)
 
 
-def _check_onnx(net, bundle_dir: Path, images: torch.Tensor, tol: float = 1e-3) -> None:
+def _check_onnx(net, bundle_dir: Path, images: torch.Tensor, tol: float = 1e-3,
+                tta: bool = False) -> None:
     """The exported graph must score real patches like the network it came from."""
     from idcscan.inference.predictor import Predictor
 
     if len(images) == 0:
         return
-    expected = _val_logits(net, images)
+    expected = _val_logits(net, images, tta=tta)
     got = Predictor(bundle_dir).logits(images.numpy())
     diff = float(np.abs(expected - got).max())
     if not diff <= tol:

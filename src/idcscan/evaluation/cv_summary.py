@@ -1,0 +1,135 @@
+"""The numbers of cv.json: per-fold metrics, their mean and spread, pooled out-of-fold
+metrics with patient-bootstrap intervals, and how thresholds chosen on many patients fare.
+
+A single fold's bundle picks its threshold on ~30 inner-validation patients; how far that
+choice moves between folds, and what a threshold chosen on far more patients (all folds'
+inner-validation patients pooled, or the other folds' out-of-fold predictions) gives on
+patients it never saw, is what ``thresholds`` reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from idcscan.errors import IdcscanError
+from idcscan.evaluation.metrics import binary_metrics, choose_threshold, summarize
+
+#: Metrics reported per fold, as mean ± sd, and pooled (in report order).
+CV_METRICS = ("auc", "balanced_accuracy", "f1", "sensitivity", "specificity", "accuracy",
+              "pr_auc", "precision", "ece")
+
+
+def _mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
+    v = np.array([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return None, None
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    mean, sd = _mean_sd(values)
+    return {"per_fold": [float(v) for v in values], "mean": mean, "sd": sd,
+            "min": float(min(values)) if values else None,
+            "max": float(max(values)) if values else None}
+
+
+def _concat(parts: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
+    return np.concatenate([p[key] for p in parts]) if parts else np.empty(0)
+
+
+def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in (*CV_METRICS, "threshold", "n_patches")}
+
+
+def _safe_threshold(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    try:
+        return choose_threshold(labels, probs)
+    except IdcscanError:  # one class only
+        return None
+
+
+def threshold_study(records: list[dict[str, Any]], tests: list[dict[str, np.ndarray]],
+                    vals: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Thresholds (and temperatures) per fold and chosen on many patients, with their spread."""
+    y, p = _concat(tests, "label").astype(np.int64), _concat(tests, "probability")
+    out: dict[str, Any] = {
+        "bundle": {**_spread([r["threshold"] for r in records]),
+                   "note": "each fold's bundle threshold (its own inner-validation patients)"},
+        "temperature": _spread([r["temperature"] for r in records]),
+    }
+    own = [_safe_threshold(t["label"], t["probability"]) for t in tests]
+    out["test_optimal"] = {**_spread([t for t in own if t is not None]),
+                           "note": "max balanced accuracy on each fold's own test patients "
+                                   "(in-sample; shows how much the best cut moves between "
+                                   "patient groups)"}
+    vy, vp = _concat(vals, "label").astype(np.int64), _concat(vals, "probability")
+    pooled_val = _safe_threshold(vy, vp)
+    if pooled_val is not None:
+        out["pooled_validation"] = {
+            "threshold": pooled_val,
+            "n_patches": int(vy.size),
+            "n_patients": int(np.unique(_concat(vals, "patient")).size),
+            "oof": _headline(binary_metrics(y, p, pooled_val)),
+            "note": "chosen on all folds' inner-validation predictions pooled, applied to "
+                    "the out-of-fold predictions",
+        }
+    oof_t = _safe_threshold(y, p)
+    if oof_t is not None:
+        out["oof"] = {"threshold": oof_t, "oof": _headline(binary_metrics(y, p, oof_t)),
+                      "note": "chosen on the out-of-fold predictions themselves (in-sample: "
+                              "optimistic; the threshold to ship with a fold ensemble)"}
+    # Cross-fitted: each fold is called at the threshold chosen on the other folds' OOF.
+    cross, per_row = [], []
+    for i, (r, t) in enumerate(zip(records, tests)):
+        others = [j for j, s in enumerate(records) if j != i and s["repeat"] == r["repeat"]]
+        if not others:
+            break
+        oy = np.concatenate([tests[j]["label"] for j in others]).astype(np.int64)
+        op = np.concatenate([tests[j]["probability"] for j in others])
+        th = _safe_threshold(oy, op)
+        if th is None:
+            break
+        cross.append(th)
+        per_row.append(np.full(len(t["label"]), th))
+    if len(cross) == len(records) and records:
+        out["crossfit"] = {**_spread(cross),
+                           "oof": _headline(binary_metrics(y, p, np.concatenate(per_row))),
+                           "note": "each fold called at the threshold chosen on the other "
+                                   "folds' out-of-fold predictions (honest)"}
+    return out
+
+
+def summarize_folds(records: list[dict[str, Any]], tests: list[dict[str, np.ndarray]],
+                    vals: list[dict[str, np.ndarray]], n_boot: int = 1000, seed: int = 0
+                    ) -> dict[str, Any]:
+    """``folds``, ``mean``, ``sd``, ``pooled`` (with ``ci95``) and ``thresholds``."""
+    folds = []
+    for r in records:
+        t = r["test"]
+        folds.append({"fold": r["fold"], "repeat": r["repeat"],
+                      "n_patients": t["n_patients"], "n_patches": t["n_patches"],
+                      **{k: t.get(k) for k in CV_METRICS},
+                      "ci95": t.get("ci95"), "threshold": r["threshold"],
+                      "temperature": r["temperature"],
+                      "val_auc": r.get("validation", {}).get("auc"),
+                      "seconds": r.get("seconds")})
+    mean, sd = {}, {}
+    for k in CV_METRICS:
+        mean[k], sd[k] = _mean_sd([f[k] for f in folds])
+    result: dict[str, Any] = {"folds": folds, "mean": mean, "sd": sd, "pooled": None,
+                              "thresholds": None}
+    if not records:
+        return result
+    y = _concat(tests, "label").astype(np.int64)
+    p = _concat(tests, "probability")
+    patients = _concat(tests, "patient")
+    per_row = np.concatenate([np.full(len(t["label"]), r["threshold"])
+                              for r, t in zip(records, tests)])
+    pooled = summarize(y, p, patients, per_row, n_boot=n_boot, seed=seed)
+    pooled["threshold"] = "each patch at its fold bundle's threshold"
+    pooled["n_folds"] = len(records)
+    result["pooled"] = pooled
+    result["thresholds"] = threshold_study(records, tests, vals)
+    return result
