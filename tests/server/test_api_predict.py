@@ -135,9 +135,18 @@ def test_explain_adds_an_overlay(client, images) -> None:
     response = client.post("/predict?explain=true", files={"file": ("a.png", png(images[0]))})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == SEED_KEYS | EXTRA_KEYS | {"explanation"}
-    overlay = decode_data_url(body["explanation"])
-    assert overlay.mode == "RGB" and overlay.width >= 50 and overlay.width == overlay.height
+    # An overlay on the absolute scale, or the plain note when the map is empty: never both.
+    from idcscan.inference.explain import EMPTY_NOTE, cam_scale, is_empty
+
+    predictor = Predictor(client.app.state.idcscan.predictor.bundle)
+    _, cams = predictor.predict_with_cam(images[0][None])
+    if is_empty(cams[0], cam_scale(predictor.temperature)):
+        assert set(body) == SEED_KEYS | EXTRA_KEYS | {"explanation_note"}
+        assert body["explanation_note"] == EMPTY_NOTE
+    else:
+        assert set(body) == SEED_KEYS | EXTRA_KEYS | {"explanation"}
+        overlay = decode_data_url(body["explanation"])
+        assert overlay.mode == "RGB" and overlay.width >= 50 and overlay.width == overlay.height
     # Asking for the map does not change the answer.
     assert {k: body[k] for k in plain} == plain
 
@@ -166,7 +175,10 @@ def test_batch_keeps_upload_order_and_reports_bad_files(client, predictor, image
 def test_batch_with_explain_gives_each_an_overlay(client, images) -> None:
     files = [("files", (f"{i}.png", png(a))) for i, a in enumerate(images[:3])]
     results = client.post("/predict/batch?explain=1", files=files).json()["results"]
-    assert all(decode_data_url(r["explanation"]).mode == "RGB" for r in results)
+    for r in results:  # each gets its overlay, or the note that its map is empty
+        assert ("explanation" in r) != ("explanation_note" in r)
+        if "explanation" in r:
+            assert decode_data_url(r["explanation"]).mode == "RGB"
 
 
 def test_health_describes_the_model(client, predictor) -> None:

@@ -37,6 +37,7 @@ from idcscan.inference.bundle import Bundle
 from idcscan.inference.explain import explain as explain_cam
 from idcscan.inference.images import ImageTooLarge, UnsupportedImage, decode_rgb, png_data_url
 from idcscan.inference.labels import CALL_RULE, CONFIDENCE_RULE, FLAG_RULE
+from idcscan.inference.model_card import find_report
 from idcscan.inference.predictor import Predictor
 from idcscan.inference.scale import (
     MAX_PATCH_SIDE,
@@ -45,6 +46,7 @@ from idcscan.inference.scale import (
     patch_warnings,
 )
 from idcscan.preprocessing import to_patch
+from idcscan.server.card_routes import router as card_router
 from idcscan.server.docs import install_docs
 from idcscan.server.schemas import (
     BatchResponse,
@@ -278,6 +280,8 @@ async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
         "limits": {
             "max_upload_mb": s.max_upload_mb,
             "max_pixels": s.max_pixels,
+            "max_patch_side": s.max_patch_side,
+            "max_preview_side": s.max_preview_side,
             "max_batch_files": s.max_batch_files,
             "max_batch_upload_mb": s.max_batch_upload_mb,
             "max_slide_upload_mb": s.max_slide_upload_mb,
@@ -346,10 +350,13 @@ def create_app(
     bundle_or_predictor: Predictor | Bundle | str | Path,
     settings: ServerSettings | None = None,
     demo: bool | None = None,
+    report: str | Path | None = None,
 ) -> FastAPI:
     """Build the service around a bundle directory, a loaded ``Bundle`` or a ``Predictor``.
 
     ``demo`` defaults to the model card's flag (bundles trained on synthetic data).
+    ``report``: the ``idcscan evaluate`` folder of this bundle, linked from the model card;
+    by default one next to the bundle whose metrics.json names this bundle's ONNX sha256.
     """
     predictor = (
         bundle_or_predictor
@@ -395,6 +402,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.idcscan = state
+    app.state.idcscan_report = (
+        Path(report) if report is not None else find_report(predictor.bundle.path, card)
+    )
     _install_error_handlers(app)
     install_docs(app)
     app.include_router(router)
@@ -402,6 +412,7 @@ def create_app(
     from idcscan.server.slide_routes import router as slide_router
 
     app.include_router(slide_router)
+    app.include_router(card_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
 
