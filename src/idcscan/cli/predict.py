@@ -54,7 +54,9 @@ def predict(
         f"flagged for review when P(IDC) >= {percent(predictor.threshold)}.{demo}",
         highlight=False,
     )
-    with progress_bar(unit="images", console=console, transient=True) as progress:
+    # Only on a terminal: in a log the bar would leave an empty line behind.
+    with progress_bar(console.is_terminal, unit="images", console=console, transient=True) \
+            as progress:
         task = progress.add_task("predict", total=len(paths))
         rows = list(
             predict_files(
@@ -72,11 +74,10 @@ def predict(
     positive = sum(r.predicted_class == 1 for r in rows)
     flagged = sum(bool(r.flagged) for r in rows)
     if len(failed) == len(rows):
-        reason = failed[0].error if len(rows) == 1 else f"first: {failed[0].error}"
-        raise IdcscanError(
-            f"Nothing could be scored: {_count(len(rows), 'input')} and none is an image "
-            f"idcscan can read ({reason})."
-        )
+        first = str(failed[0].error).rstrip(".")
+        if len(rows) == 1:
+            raise IdcscanError(f"{first}. Nothing was scored.")
+        raise IdcscanError(f"None of the {len(rows)} inputs could be scored; the first: {first}.")
     if out_file is not None:
         write_predictions(rows, out_file, predictor, tta=tta)
         console.print(f"Wrote {_count(len(rows), 'row')} to {out_file}", highlight=False)

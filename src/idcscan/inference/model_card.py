@@ -68,11 +68,14 @@ def _num(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{float(value):.{digits}f}"
 
 
-def _confusion(matrix: list[list[int]], caption: str) -> dict[str, Any]:
+def _confusion(
+    matrix: list[list[int]], caption: str,
+    columns: tuple[str, str] = ("called IDC Negative", "called IDC Positive"),
+) -> dict[str, Any]:
     (tn, fp), (fn, tp) = matrix
     return {
         "caption": caption,
-        "columns": ["", "called IDC Negative", "called IDC Positive"],
+        "columns": ["", *columns],
         "rows": [["true non-IDC", f"{tn:,}", f"{fp:,}"], ["true IDC", f"{fn:,}", f"{tp:,}"]],
     }
 
@@ -124,7 +127,8 @@ def _validation_section(card: ModelCard) -> dict[str, Any] | None:
                            "threshold.")
     if val.get("confusion_matrix"):
         section["confusion"] = _confusion(val["confusion_matrix"],
-                                          "Validation patches at the review threshold")
+                                          "Validation patches at the review threshold",
+                                          ("not flagged", "flagged for review"))
     return section
 
 

@@ -483,7 +483,7 @@ def run_slides(
                 report.done.append(analyse_slide(predictor, path, out_dir, options, update))
             except IdcscanError as exc:
                 report.failed.append((path, str(exc)))
-                bar.update(task, description=f"{name} [red](failed)")
+                bar.remove_task(task)  # the caller reports the failure in words
     out_dir.mkdir(parents=True, exist_ok=True)
     report.summary_csv = write_summary_csv(out_dir)
     return report
