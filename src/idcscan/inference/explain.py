@@ -14,10 +14,11 @@ The picture is on an ABSOLUTE scale, the same on every patch: a cell's CAM value
 first order, how much that part of the patch adds to the IDC logit (the head reads the mean of
 the feature map, so a patch that looked like this cell everywhere would have its logit raised
 by ``v``). Divided by the calibration temperature it is in calibrated log-odds of IDC. Full
-colour (``CAM_FULL_LOGODDS``) is +4 log-odds, enough to move P(IDC) from 50% to 98%; a map
-that nowhere reaches ``EMPTY_HEAT`` of that is reported as "nothing here raised the IDC score"
-instead of an overlay that would look like the plain patch. The colour map is matplotlib's
-perceptual ``inferno`` (dark to bright, readable in grey), not a rainbow.
+colour (``CAM_FULL_LOGODDS``) is +2 log-odds, enough to move P(IDC) from 50% to 88%; a map
+that nowhere reaches ``EMPTY_HEAT`` of that (+0.2 log-odds) is reported as "nothing here
+raised the IDC score" instead of an overlay that would look like the plain patch. The colour
+map is matplotlib's perceptual ``inferno`` (dark to bright, readable in grey), not a rainbow,
+drawn over a light grey copy of the tissue so that no tint can pass for hematoxylin or eosin.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from idcscan.preprocessing import PATCH_SIZE
 
 DEFAULT_COLORMAP = "inferno"
 #: Calibrated log-odds of IDC drawn at full colour; lower contributions are proportionally dimmer.
-CAM_FULL_LOGODDS = 4.0
-#: Maps whose hottest point stays under this share of full colour count as empty.
-EMPTY_HEAT = 0.05
+CAM_FULL_LOGODDS = 2.0
+#: Maps whose hottest point stays under this share of full colour count as empty; the tint
+#: fades in over the same range, so anything above it is drawn near full opacity.
+EMPTY_HEAT = 0.1
 EMPTY_NOTE = "Nothing here raised the IDC score: the explanation map is empty."
-DEFAULT_ALPHA = 0.55
+DEFAULT_ALPHA = 0.7
 #: Overlays of tiny images (a 50 px patch) are enlarged to at least this many pixels on the
 #: long side, by an integer factor, so the smooth heat map is not drawn in 50 coarse steps.
 MIN_OVERLAY_SIDE = 256
@@ -97,10 +99,11 @@ def overlay(
     min_side: int = MIN_OVERLAY_SIDE,
     scale: float | None = None,
 ) -> Image.Image:
-    """Blend the coloured heat map over ``image`` (RGB).
+    """Blend the coloured heat map over a light grey copy of ``image`` (RGB).
 
-    The blend weight grows with the heat (alpha x heat), so cold regions show the tissue
-    unchanged and only what drove the IDC score is tinted.
+    The colour says how much (the same colour is the same contribution on every patch with
+    ``scale``); the blend weight fades in from 0 to ``alpha`` over the first ``EMPTY_HEAT`` of
+    the scale, so regions that did not raise the score show the grey tissue untinted.
     """
     rgb = image.convert("RGB")
     factor = max(1, min_side // max(rgb.width, rgb.height))
@@ -109,8 +112,9 @@ def overlay(
     heat = cam_for_image(cam, rgb.size, patch_size * factor, scale=scale)
     heat = np.clip(heat, 0.0, 1.0)
     colours = colormap_lut(colormap)[(heat * 255.0 + 0.5).astype(np.uint8)].astype(np.float32)
-    weight = (alpha * heat)[..., None]
-    base = np.asarray(rgb, dtype=np.float32)
+    weight = (alpha * np.clip(heat / EMPTY_HEAT, 0.0, 1.0))[..., None]
+    grey = np.asarray(rgb.convert("L"), dtype=np.float32)[..., None]
+    base = np.repeat(0.55 * grey + 0.45 * 255.0, 3, axis=2)
     blended = base * (1.0 - weight) + colours * weight
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
 

@@ -139,16 +139,16 @@ def _test_section(report: dict[str, Any], link: str | None) -> dict[str, Any]:
         if key not in report:
             continue
         low, high = (ci.get(key) or [None, None])[:2]
-        interval = "" if low is None else f" (95% CI {low:.3f} – {high:.3f})"
+        interval = "" if low is None else f" ({low:.3f}–{high:.3f})"
         rows.append([label, _num(report.get(key)) + interval])
     data = report.get("data") or {}
     section: dict[str, Any] = {
-        "title": f"Test set ({report.get('split', 'test')} split, never used in training)",
+        "title": f"Test set ({report.get('split', 'test')} split), with 95% CIs",
         "rows": rows,
         "note": (f"{data.get('n_patches', report.get('n_patches', 0)):,} patches from "
                  f"{data.get('n_patients', report.get('n_patients', '?'))} patients; the call at "
-                 f"P(IDC) ≥ {percent(report.get('threshold', DECISION_THRESHOLD))}; intervals "
-                 "resample whole patients."),
+                 f"P(IDC) ≥ {percent(report.get('threshold', DECISION_THRESHOLD))}; never used "
+                 "in training; intervals resample whole patients."),
     }
     if report.get("confusion_matrix"):
         section["confusion"] = _confusion(

@@ -41,6 +41,29 @@ class ModelInfo(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "predicted_class": 1,
+                    "class_name": "IDC Positive",
+                    "confidence": 81.2,
+                    "probability_positive": 81.2,
+                    "probability_negative": 18.8,
+                    "image": "data:image/png;base64,iVBORw0KGgo...",
+                    "threshold": 50.0,
+                    "flagged": True,
+                    "review_threshold": 29.25,
+                    "warnings": [],
+                    "model": {"name": "idcscan-tf_efficientnet_lite0", "version": "0.1.0",
+                              "backbone": "tf_efficientnet_lite0"},
+                    "disclaimer": "Research use only. ...",
+                    "demo": False,
+                }
+            ]
+        }
+    )
+
     predicted_class: Literal[0, 1] = Field(
         description=f"The call: 1 = IDC Positive, 0 = IDC Negative. {CALL_RULE}"
     )
@@ -77,7 +100,7 @@ class PredictResponse(BaseModel):
     explanation: str | None = Field(
         None,
         description="With ?explain=true: Grad-CAM overlay (PNG data URL) on an absolute scale, "
-        "the same colours on every patch (full colour = +4 calibrated log-odds of IDC); absent "
+        "the same colours on every patch (full colour = +2 calibrated log-odds of IDC); absent "
         "when the map is empty (see explanation_note).",
     )
     explanation_note: str | None = Field(

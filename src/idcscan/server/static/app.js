@@ -255,7 +255,7 @@
         title: `Review flag from P(IDC) ${pct(review)}` }),
     ]);
     const caption = el("div", { class: "meter__caption", "data-testid": "thresholds" },
-      `0–100% P(IDC) · IDC Positive from ${pct(call)} (solid tick) · review from ${pct(review)} (dashed tick)`);
+      `IDC Positive from ${pct(call)} (solid tick) · review from ${pct(review)} (dashed)`);
     const flags = [];
     if (r.flagged) {
       flags.push(el("span", { class: "badge badge--warning", "data-testid": "review-flag",
