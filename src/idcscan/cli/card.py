@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -26,6 +27,7 @@ def card(
 
     loaded = load_bundle(bundle)
     folder = report if report is not None else find_report(loaded.path, loaded.card)
-    link = str(folder / "report.md") if folder is not None else None
+    # Relative to where the command runs: a card shows no absolute paths.
+    link = os.path.relpath(folder / "report.md") if folder is not None else None
     out.print(card_markdown(readable_card(loaded.card, load_report(folder), link)),
               markup=False, highlight=False)  # the card carries the disclaimer
