@@ -78,7 +78,8 @@ def slide(
         )
     for s in report.done:
         out.print(
-            f"{s.slide}: IDC in {s.idc_fraction:.1%} of {s.n_tiles} tissue tiles "
+            f"{s.slide}: IDC (P(IDC) >= {s.threshold:.2%}) in {s.idc_fraction:.1%} of "
+            f"{s.n_tiles} tissue tiles "
             f"({s.idc_area_mm2:.2f} of {s.tissue_area_mm2:.2f} mm², {s.n_regions} region(s)) "
             f"in {s.timings.get('total', 0):.1f} s -> {out_dir / s.slide}",
             highlight=False,

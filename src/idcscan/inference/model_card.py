@@ -168,7 +168,7 @@ def readable_card(
     model_rows = [
         ["Classes", f"1 = {CLASS_NAMES[1]}, 0 = {CLASS_NAMES[0]}"],
         ["Reads", f"{card.patch_size} × {card.patch_size} px H&E patches at {card.mpp:g} µm/px "
-                  f"(resized to {card.input_size} px inside the model)"],
+                  f"(resized to {card.input_size} × {card.input_size} px inside the model)"],
         ["Backbone", card.backbone],
         ["Calibration", f"{calibration.method} scaling (T = {calibration.temperature:.3f}), so "
                         "P(IDC) is a calibrated probability"],
