@@ -7,6 +7,7 @@ terminal. Users need two numbers: the running training loss and the last validat
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
@@ -18,9 +19,13 @@ SHOWN = (("train/loss_step", "loss"), ("val/auc", "val AUC"))
 
 class CompactProgressBar(RichProgressBar):
     def __init__(self) -> None:
+        # Off a terminal (a log file, CI) rich assumes 80 columns and wraps the metrics under
+        # the bar; a log line may be as long as it needs.
+        console = None if sys.stdout.isatty() else {"width": 200}
         super().__init__(
-            leave=True, theme=RichProgressBarTheme(metrics_text_delimiter="  ",
-                                                   metrics_format=".3f")
+            leave=True,
+            theme=RichProgressBarTheme(metrics_text_delimiter="  ", metrics_format=".3f"),
+            console_kwargs=console,
         )
 
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
