@@ -138,3 +138,39 @@ def live_server():
             sock.close()
 
     return serve
+
+
+@pytest.fixture(scope="session")
+def two_class_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo bundle whose calls split: a random Lite0 at 32 px with its output bias moved so
+    that half of ``patches/*.png`` (8 random 50 x 50 patches, seed 21) have P(IDC) >= 50%,
+    and a review threshold of 0.3 like a real Youden threshold. ``ROOT/bundle``, ``ROOT/patches``.
+    """
+    import torch
+    from PIL import Image
+
+    from idcscan.model.export import export_bundle
+    from idcscan.model.network import IDCNet
+    from idcscan.preprocessing import Preprocessing
+
+    root = tmp_path_factory.mktemp("two-class")
+    rng = np.random.default_rng(21)
+    patches = [rng.integers(0, 256, (50, 50, 3), dtype=np.uint8) for _ in range(8)]
+    (root / "patches").mkdir()
+    for i, arr in enumerate(patches):
+        Image.fromarray(arr).save(root / "patches" / f"patch{i}.png")
+    torch.manual_seed(0)
+    net = IDCNet("tf_efficientnet_lite0", Preprocessing(input_size=32)).eval()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(np.stack(patches)))
+        ordered = torch.sort(logits).values
+        net.head.fc2.bias -= (ordered[3] + ordered[4]) / 2  # 4 below 0, 4 above
+    export_bundle(
+        net, root / "bundle", threshold=0.3, demo=True,
+        metrics={"validation": {"auc": 0.5, "sensitivity": 0.5, "specificity": 0.5,
+                                "n_patches": 8, "n_patients": 2,
+                                "confusion_matrix": [[2, 2], [2, 2]]}},
+        data={"source": "/somewhere/secret/kaggle", "patients_per_split": {"train": 4,
+              "val": 2, "test": 2}, "split_by": "patient", "split_seed": 0},
+    )
+    return root

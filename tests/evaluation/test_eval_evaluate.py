@@ -71,7 +71,10 @@ def test_cli_writes_full_report(tiny_bundle: Path, packed: Path, tmp_path: Path)
     assert METRIC_KEYS <= set(metrics)
     assert metrics["n_patches"] == 40 and metrics["n_patients"] == 4
     assert metrics["split"] == "test" and metrics["tta"] is False
-    assert metrics["threshold"] == Predictor(tiny_bundle).threshold
+    # Measured at the call every output makes (P(IDC) >= 50%); the review flag on its own.
+    assert metrics["threshold"] == 0.5
+    assert metrics["review"]["threshold"] == Predictor(tiny_bundle).threshold
+    assert sum(map(sum, metrics["review"]["confusion_matrix"])) == 40
     assert set(metrics["ci95"]) == set(SCALAR_METRICS)
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     assert tn + fp + fn + tp == 40

@@ -74,7 +74,8 @@ def test_csv_rows_match_predictor_and_errors_get_rows(tiny_bundle: Path, tree, t
         assert 0.0 <= prob <= 1.0  # fractions, not percents
         assert prob == pytest.approx(float(p), abs=1e-6)
         cls = int(row["predicted_class"])
-        assert cls == int(p >= predictor.threshold)
+        assert cls == int(p >= 0.5)  # the call; the review flag is its own column
+        assert row["flagged"] == str(p >= predictor.threshold)
         assert row["class_name"] == ("IDC Positive" if cls else "IDC Negative")
         assert float(row["confidence"]) == pytest.approx(prob if cls else 1 - prob)
     assert not list(out.parent.glob("*.tmp")) and not list(out.parent.glob(".*.tmp"))

@@ -29,7 +29,9 @@ SEED_KEYS = {
     "probability_negative",
     "image",
 }
-EXTRA_KEYS = {"threshold", "model", "disclaimer", "demo"}
+EXTRA_KEYS = {
+    "threshold", "model", "disclaimer", "demo", "flagged", "review_threshold", "warnings",
+}
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -54,8 +56,8 @@ def images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def split_bundle(tiny_bundle: Path, images, tmp_path_factory) -> Path:
-    """The tiny bundle with its threshold moved to the median P(IDC) of the test images, so
-    both classes occur (a random model puts every patch near one value)."""
+    """The tiny bundle with its review threshold moved to the median P(IDC) of the test
+    images, so both flags occur (a random model puts every patch near one value)."""
     probs = Predictor(tiny_bundle).predict_proba(np.stack(images))
     out = tmp_path_factory.mktemp("split-bundle")
     shutil.copytree(tiny_bundle, out, dirs_exist_ok=True)
@@ -84,7 +86,7 @@ def check_percent_pair(pos: float, neg: float) -> None:
 
 
 def test_predict_answers_the_seed_contract(client, predictor, images) -> None:
-    classes = set()
+    flags = set()
     for arr in images:
         response = client.post("/predict", files={"file": ("patch.png", png(arr), "image/png")})
         assert response.status_code == 200, response.text
@@ -95,13 +97,17 @@ def test_predict_answers_the_seed_contract(client, predictor, images) -> None:
 
         p = float(predictor.predict_proba(arr[None])[0])
         assert abs(body["probability_positive"] - p * 100) <= 0.005 + 1e-9
-        expected_class = int(p >= predictor.threshold)
+        expected_class = int(p >= 0.5)  # the call: P(IDC) >= 50%
         assert body["predicted_class"] == expected_class
         assert body["class_name"] == ("IDC Positive" if expected_class else "IDC Negative")
-        # Confidence is the probability of the class called (the larger one at threshold 50%).
+        # Confidence is the probability of the class called: never below 50%.
         called = "probability_positive" if expected_class else "probability_negative"
-        assert body["confidence"] == body[called]
-        assert body["threshold"] == pytest.approx(predictor.threshold * 100, abs=1e-4)
+        assert body["confidence"] == body[called] and body["confidence"] >= 50.0
+        assert body["threshold"] == 50.0
+        # The review flag is at the bundle's threshold.
+        assert body["flagged"] is (p >= predictor.threshold)
+        assert body["review_threshold"] == round(predictor.threshold * 100, 2)
+        assert body["warnings"] == []
         assert body["model"] == {
             "name": predictor.card.name,
             "version": predictor.card.version,
@@ -109,8 +115,8 @@ def test_predict_answers_the_seed_contract(client, predictor, images) -> None:
         }
         assert body["disclaimer"] == DISCLAIMER and body["demo"] is False
         np.testing.assert_array_equal(np.asarray(decode_data_url(body["image"])), arr)
-        classes.add(body["predicted_class"])
-    assert classes == {0, 1}
+        flags.add(body["flagged"])
+    assert flags == {True, False}
 
 
 def test_image_is_echoed_as_rgb_png_whatever_was_sent(client) -> None:
@@ -129,9 +135,18 @@ def test_explain_adds_an_overlay(client, images) -> None:
     response = client.post("/predict?explain=true", files={"file": ("a.png", png(images[0]))})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == SEED_KEYS | EXTRA_KEYS | {"explanation"}
-    overlay = decode_data_url(body["explanation"])
-    assert overlay.mode == "RGB" and overlay.width >= 50 and overlay.width == overlay.height
+    # An overlay on the absolute scale, or the plain note when the map is empty: never both.
+    from idcscan.inference.explain import EMPTY_NOTE, cam_scale, is_empty
+
+    predictor = Predictor(client.app.state.idcscan.predictor.bundle)
+    _, cams = predictor.predict_with_cam(images[0][None])
+    if is_empty(cams[0], cam_scale(predictor.temperature)):
+        assert set(body) == SEED_KEYS | EXTRA_KEYS | {"explanation_note"}
+        assert body["explanation_note"] == EMPTY_NOTE
+    else:
+        assert set(body) == SEED_KEYS | EXTRA_KEYS | {"explanation"}
+        overlay = decode_data_url(body["explanation"])
+        assert overlay.mode == "RGB" and overlay.width >= 50 and overlay.width == overlay.height
     # Asking for the map does not change the answer.
     assert {k: body[k] for k in plain} == plain
 
@@ -160,7 +175,10 @@ def test_batch_keeps_upload_order_and_reports_bad_files(client, predictor, image
 def test_batch_with_explain_gives_each_an_overlay(client, images) -> None:
     files = [("files", (f"{i}.png", png(a))) for i, a in enumerate(images[:3])]
     results = client.post("/predict/batch?explain=1", files=files).json()["results"]
-    assert all(decode_data_url(r["explanation"]).mode == "RGB" for r in results)
+    for r in results:  # each gets its overlay, or the note that its map is empty
+        assert ("explanation" in r) != ("explanation_note" in r)
+        if "explanation" in r:
+            assert decode_data_url(r["explanation"]).mode == "RGB"
 
 
 def test_health_describes_the_model(client, predictor) -> None:
@@ -229,14 +247,16 @@ def test_cli_api_and_predictor_agree_on_the_same_images(
         assert api["class_name"] == row["class_name"]
 
 
-def test_large_images_are_scored_whole_and_previewed_small(client, predictor) -> None:
+def test_larger_images_are_scored_whole_and_previewed_small(client, predictor) -> None:
     rng = np.random.default_rng(9)
-    wide = rng.integers(0, 256, (120, 3000, 3), dtype=np.uint8)
+    wide = rng.integers(0, 256, (120, 500, 3), dtype=np.uint8)
     response = client.post("/predict?explain=true", files={"file": ("wide.png", png(wide))})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert decode_data_url(body["image"]).size == (2048, 82)  # preview, aspect kept
-    assert decode_data_url(body["explanation"]).size == (2048, 82)
+    assert decode_data_url(body["image"]).size == (256, 61)  # preview, aspect kept
+    if "explanation" in body:
+        assert decode_data_url(body["explanation"]).size == (256, 61)
+    assert "500 x 120 px" in body["warnings"][0]
     p = float(predictor.predict_proba(to_patch(Image.fromarray(wide))[None])[0])
     assert abs(body["probability_positive"] - p * 100) <= 0.005 + 1e-9
 

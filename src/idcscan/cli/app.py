@@ -13,12 +13,19 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from idcscan import DISCLAIMER, __version__
+from idcscan.cli import helptext
 from idcscan.errors import IdcscanError
 
-console = Console(stderr=True)
-out = Console()
+helptext.install()
+
+# soft_wrap: a message is one line however narrow the terminal, and also when stderr is a
+# file or a pipe (rich would otherwise wrap at 80 columns), so it can be grepped whole.
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+_disclaimer_shown = False
 
 
 class _App(typer.Typer):
@@ -30,10 +37,12 @@ class _App(typer.Typer):
         def decorator(func: Callable) -> Callable:
             @functools.wraps(func)
             def wrapper(*a: Any, **kw: Any) -> Any:
+                global _disclaimer_shown
+                _disclaimer_shown = False  # once per command, also for in-process runners
                 try:
                     return func(*a, **kw)
                 except IdcscanError as exc:
-                    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+                    print_error(str(exc))
                     raise typer.Exit(2) from None
 
             register(wrapper)
@@ -52,8 +61,22 @@ app = _App(
 )
 
 
+def print_error(message: str) -> None:
+    """``error: ...`` on one line of stderr; the message's own brackets are not markup."""
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False)
+
+
+def print_warning(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(' '.join(message.split()))}", highlight=False)
+
+
 def print_disclaimer() -> None:
-    console.print(f"[yellow]{DISCLAIMER}[/]", highlight=False)
+    """The research-use disclaimer, at most once per command."""
+    global _disclaimer_shown
+    if _disclaimer_shown:
+        return
+    _disclaimer_shown = True
+    console.print(f"[yellow]{escape(DISCLAIMER)}[/]", highlight=False)
 
 
 def version_callback(value: bool) -> None:

@@ -5,16 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
+from idcscan.cli.app import app, console, out, print_disclaimer, print_warning
+from idcscan.errors import IdcscanError
 from idcscan.progress import progress_bar
-from idcscan.cli.app import app, console, out, print_disclaimer
 
 
 @app.command()
 def predict(
     bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
     inputs: list[Path] = typer.Argument(
-        ..., help="Image files and/or folders (searched recursively for images)."
+        ...,
+        metavar="INPUT...",
+        help="Image files and/or folders (searched recursively for images).",
     ),
     out_file: Path | None = typer.Option(
         None,
@@ -26,19 +30,33 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Average over the 8 flips/rotations."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Patches per model call."),
 ) -> None:
-    """Predict IDC for image files and folders: one row per image (unreadable files get an
-    error row). Research use only."""
+    """Predict IDC for image patches and folders of them: one row per image (unreadable files get an error row).
+
+    IDC Positive when the calibrated P(IDC) is at least 50%; confidence is the probability of the class called; "flagged" marks P(IDC) at or above the bundle's review threshold. Images much larger than a patch are scored as one patch with a warning: map those with `idcscan slide`. Research use only.
+    """  # noqa: E501  (one line per paragraph: the help wraps it)
     from rich.table import Table
 
+    from idcscan.cli.arguments import check_bundle_first
     from idcscan.inference.folder import collect_images, output_format, predict_files
     from idcscan.inference.folder import write_predictions
+    from idcscan.inference.labels import DECISION_THRESHOLD, percent
     from idcscan.inference.predictor import Predictor
 
+    check_bundle_first("predict", bundle, inputs)
     if out_file is not None:
         output_format(out_file)  # refuse a bad suffix before any work
     paths = collect_images(inputs)
     predictor = Predictor(bundle, batch_size=batch_size)
-    with progress_bar(unit="images", console=console, transient=out_file is None) as progress:
+    demo = " DEMO model trained on synthetic data: the results mean nothing." \
+        if predictor.card.demo else ""
+    console.print(
+        f"{predictor.card.name}: IDC Positive when P(IDC) >= {percent(DECISION_THRESHOLD)}; "
+        f"flagged for review when P(IDC) >= {percent(predictor.threshold)}.{demo}",
+        highlight=False,
+    )
+    # Only on a terminal: in a log the bar would leave an empty line behind.
+    with progress_bar(console.is_terminal, unit="images", console=console, transient=True) \
+            as progress:
         task = progress.add_task("predict", total=len(paths))
         rows = list(
             predict_files(
@@ -49,31 +67,46 @@ def predict(
                 on_progress=lambda n: progress.advance(task, n),
             )
         )
-    failed = sum(r.error is not None for r in rows)
+    for r in rows:
+        if r.warning:
+            print_warning(f"{r.path}: {r.warning}")
+    failed = [r for r in rows if r.error is not None]
     positive = sum(r.predicted_class == 1 for r in rows)
+    flagged = sum(bool(r.flagged) for r in rows)
+    if len(failed) == len(rows):
+        first = str(failed[0].error).rstrip(".")
+        if len(rows) == 1:
+            raise IdcscanError(f"{first}. Nothing was scored.")
+        raise IdcscanError(f"None of the {len(rows)} inputs could be scored; the first: {first}.")
     if out_file is not None:
         write_predictions(rows, out_file, predictor, tta=tta)
-        console.print(f"Wrote {len(rows)} rows to {out_file}", highlight=False)
+        console.print(f"Wrote {_count(len(rows), 'row')} to {out_file}", highlight=False)
     else:
-        table = Table(title=f"{predictor.card.name} (threshold {predictor.threshold:.3f})")
-        for column in ("path", "class", "P(IDC)", "confidence", "error"):
+        table = Table(title=None, box=None, pad_edge=False)
+        for column in ("path", "call", "P(IDC)", "confidence", "review", "error"):
             table.add_column(column, overflow="fold")
         for r in rows:
             if r.error is not None:
-                table.add_row(r.path, "-", "-", "-", f"[red]{r.error}[/]")
+                table.add_row(r.path, "-", "-", "-", "-", f"[red]{escape(r.error)}[/]")
             else:
                 style = "bold red" if r.predicted_class == 1 else "green"
                 table.add_row(
-                    r.path,
+                    escape(r.path),
                     f"[{style}]{r.class_name}[/]",
-                    f"{r.probability_positive:.4f}",
-                    f"{r.confidence:.4f}",
+                    percent(r.probability_positive),
+                    percent(r.confidence),
+                    "flagged" if r.flagged else "",
                     "",
                 )
         out.print(table)
+    scored = len(rows) - len(failed)
     console.print(
-        f"{len(rows)} images: {positive} IDC Positive, {len(rows) - positive - failed} "
-        f"IDC Negative, {failed} unreadable.",
+        f"{_count(scored, 'image')} scored: {positive} IDC Positive, {scored - positive} IDC "
+        f"Negative, {flagged} flagged for review; {len(failed)} unreadable.",
         highlight=False,
     )
     print_disclaimer()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from idcscan.cli.app import app, console, out, print_disclaimer
+from idcscan.cli.app import app, console, out, print_disclaimer, print_warning
 from idcscan.errors import IdcscanError
 
 
@@ -50,19 +50,23 @@ def slide(
     Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, summary.json} and OUT/summary.csv. Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide whose folder is complete is skipped, so re-running a command resumes it.
     """  # noqa: E501  (one line per paragraph: the help wraps it)
     from idcscan.inference.predictor import Predictor
+    from idcscan.cli.arguments import check_bundle_first
     from idcscan.inference.slide import ScaleWarning, SlideOptions, run_slides
 
-    print_disclaimer()
+    check_bundle_first("slide", bundle, inputs)
     predictor = Predictor(bundle, batch_size=batch_size)
+    if predictor.card.demo:
+        print_warning("DEMO model trained on synthetic data: its maps mean nothing.")
     options = SlideOptions(
         mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScaleWarning)
-        report = run_slides(predictor, inputs, out_dir, options, shard=shard, console=console)
+        report = run_slides(predictor, inputs, out_dir, options, shard=shard, console=console,
+                            progress=console.is_terminal)
     for w in caught:
         if issubclass(w.category, ScaleWarning):
-            console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+            print_warning(str(w.message))
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if report.skipped:
@@ -74,7 +78,8 @@ def slide(
         )
     for s in report.done:
         out.print(
-            f"{s.slide}: IDC in {s.idc_fraction:.1%} of {s.n_tiles} tissue tiles "
+            f"{s.slide}: IDC (P(IDC) >= {s.threshold:.2%}) in {s.idc_fraction:.1%} of "
+            f"{s.n_tiles} tissue tiles "
             f"({s.idc_area_mm2:.2f} of {s.tissue_area_mm2:.2f} mm², {s.n_regions} region(s)) "
             f"in {s.timings.get('total', 0):.1f} s -> {out_dir / s.slide}",
             highlight=False,
@@ -82,9 +87,12 @@ def slide(
     if report.summary_csv is not None:
         out.print(f"Summary of all finished slides: {report.summary_csv}", highlight=False)
     print_disclaimer()
+    if len(report.failed) == 1 and not report.done:
+        raise IdcscanError(report.failed[0][1])
     if report.failed:
-        details = "; ".join(f"{p}: {msg}" for p, msg in report.failed)
-        raise IdcscanError(f"{len(report.failed)} slide(s) failed: {details}")
+        details = "; ".join(msg if str(p) in msg else f"{p}: {msg}" for p, msg in report.failed)
+        raise IdcscanError(f"{len(report.failed)} of {len(report.failed) + len(report.done)} "
+                           f"slides failed: {details}")
 
 
 @app.command()

@@ -29,6 +29,37 @@ def process_start_time() -> float:
         return time.time()
 
 
+def _is_worker() -> bool:
+    return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def train_header(config: TrainConfig) -> str:
+    """One line before training: what is trained, on which data, for how long, to where."""
+    from idcscan.data.packed import load_packed
+
+    weights = {"imagenet": "ImageNet weights", "none": "random init"}.get(
+        config.weights, f"weights {Path(config.weights).name}"
+    )
+    data = Path(config.data)
+    try:
+        packed = load_packed(data)
+        parts = []
+        for split, label in (("train", "train"), ("val", "validation")):
+            sel = packed.split == split
+            parts.append(f"{int(sel.sum()):,} {label} patches from "
+                         f"{len(set(packed.patient[sel].tolist()))} patients")
+        what = "; ".join(parts)
+    except Exception:  # the training itself reports a bad data folder properly
+        what = "the prepared dataset"
+    if config.max_minutes is not None:
+        budget = f"{config.max_minutes:g} min for the whole command (schedule fitted to it)"
+    else:
+        budget = (f"up to {config.frozen_epochs:g} + {config.finetune_epochs:g} passes over "
+                  "the train split (frozen, then fine-tuned)")
+    return (f"Training {config.backbone} ({weights}) on {data.name}: {what}. Budget: {budget}. "
+            f"Output: {Path(config.out) / 'bundle'}")
+
+
 @app.command()
 @recipe_options
 def train(
@@ -49,14 +80,17 @@ def train(
 
     config = TrainConfig(data=str(data), out=str(run), resume=resume,
                          splits=str(splits) if splits else None, **(recipe or {}))
+    if not _is_worker():
+        console.print(train_header(config), highlight=False)
     result = run_training(config, started=started)
     if result.bundle_dir is None:  # a DDP worker process: rank 0 reports
         return
     v = result.validation
     console.print(
         f"validation: AUC {v.get('auc') or float('nan'):.4f}, balanced accuracy "
-        f"{v.get('balanced_accuracy') or float('nan'):.4f} at threshold {result.threshold:.3f} "
-        f"(temperature {result.temperature:.3f}); {result.elapsed_s / 60:.1f} min",
+        f"{v.get('balanced_accuracy') or float('nan'):.4f} at the review threshold "
+        f"P(IDC) >= {result.threshold:.2%} (temperature {result.temperature:.3f}); "
+        f"{result.elapsed_s / 60:.1f} min",
         highlight=False,
     )
     out.print(str(result.bundle_dir))

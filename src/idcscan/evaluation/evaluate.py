@@ -2,8 +2,9 @@
 
 Scoring goes through :class:`idcscan.inference.predictor.Predictor`, the same ONNX path that
 ``predict``, ``serve`` and ``slide`` use, so the evaluated model is byte for byte the served
-one (torch is never imported). The threshold is the bundle's own, fixed before the test data
-was seen. Outputs are written into a temporary directory that replaces ``out`` only when
+one (torch is never imported). Metrics are for the call every output reports (IDC Positive
+at calibrated P(IDC) >= 50%, ``idcscan.inference.labels``); the ``review`` block measures the
+bundle's review threshold, fixed on validation before the test data was seen. Outputs are written into a temporary directory that replaces ``out`` only when
 complete, so an interrupted run never leaves a half-written report behind.
 """
 
@@ -25,8 +26,14 @@ from idcscan.progress import progress_bar
 from idcscan.data.packed import PackedDataset, load_packed
 from idcscan.errors import IdcscanError
 from idcscan.evaluation import plots
-from idcscan.evaluation.metrics import DEFAULT_ECE_BINS, patient_table, summarize
+from idcscan.evaluation.metrics import (
+    DEFAULT_ECE_BINS,
+    binary_metrics,
+    patient_table,
+    summarize,
+)
 from idcscan.evaluation.report import render_report
+from idcscan.inference.labels import DECISION_THRESHOLD
 from idcscan.inference.predictor import Predictor
 
 METRICS_FILE = "metrics.json"
@@ -190,12 +197,20 @@ def evaluate(
 
     probs = score_split(predictor, ds, tta=tta, batch_size=batch_size, progress=progress)
     labels = ds.label.astype(np.int64)
-    threshold = predictor.threshold
+    # The call (P(IDC) >= 50%) is what every output reports, so it is what is measured; the
+    # bundle's review threshold gets its own block (what a flag catches and costs).
+    threshold = DECISION_THRESHOLD
     summary: dict[str, Any] = {"disclaimer": DISCLAIMER}
     summary.update(summarize(labels, probs, ds.patient, threshold, n_boot=n_boot, seed=seed))
     patients_rows = patient_table(labels, probs, ds.patient, threshold)
+    review = binary_metrics(labels, probs, predictor.threshold)
     summary.update(
         {
+            "review": {
+                key: review[key]
+                for key in ("threshold", "sensitivity", "specificity", "precision",
+                            "confusion_matrix")
+            },
             "split": split,
             "tta": tta,
             "bundle": _bundle_info(predictor),

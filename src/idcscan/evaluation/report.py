@@ -76,8 +76,11 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
     ci_info = summary.get("ci", {})
     level = int(round(100 * ci_info.get("level", 0.95)))
     threshold = summary["threshold"]
+    title = "# idcscan evaluation report"
+    if bundle.get("demo"):
+        title += ": DEMO model trained on synthetic data"
     lines = [
-        "# idcscan evaluation report",
+        title,
         "",
         f"> **{DISCLAIMER}**",
         "",
@@ -87,8 +90,8 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         "",
     ]
     if bundle.get("demo"):
-        lines += ["> This is a **demo model** (trained briefly); its numbers say nothing "
-                  "about what idcscan can do on real data.", ""]
+        lines += ["> This is a **demo model** trained on synthetic data (never real tissue); "
+                  "its numbers say nothing about what idcscan can do on real data.", ""]
 
     lines += ["## Model", ""]
     lines += _table([
@@ -97,7 +100,8 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         ("Input", f"{bundle['patch_size']} px patches at {bundle['mpp']} µm/px, resized to "
                   f"{bundle['input_size']} px inside the ONNX graph"),
         ("Calibration", f"temperature scaling, T = {bundle['temperature']:.4f}"),
-        ("Threshold", f"P(IDC) >= {threshold:.4f} is called IDC"),
+        ("Call", f"IDC Positive when P(IDC) >= {threshold:.0%}"),
+        ("Review flag", f"P(IDC) >= {bundle['threshold']:.2%} (the bundle's review threshold)"),
         ("ONNX sha256", f"`{bundle['onnx_sha256']}`"),
     ])
     card_metrics = _flatten(bundle.get("card_metrics") or {})
@@ -116,7 +120,8 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         "",
         "## Metrics",
         "",
-        f"Patch-level metrics at the bundle's threshold, with {level}% confidence intervals.",
+        f"Patch-level metrics of the call (IDC Positive at P(IDC) >= {threshold:.0%}), the same "
+        f"call every idcscan output makes, with {level}% confidence intervals.",
         "",
         f"| Metric | Value | {level}% CI |",
         "|---|---|---|",
@@ -143,13 +148,27 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         f"| **true no IDC** | {tn:,} (TN) | {fp:,} (FP) |",
         f"| **true IDC** | {fn:,} (FN) | {tp:,} (TP) |",
         "",
-        "## Threshold",
+        "## Decision convention",
         "",
-        f"The threshold {threshold:.4f} is read from the bundle's model card: "
-        f"{threshold_note(bundle)}. It was fixed before this evaluation, so the "
+        f"A patch is called IDC Positive when its calibrated P(IDC) is at least {threshold:.0%} "
+        "(IDC more likely than not), and its confidence is the probability of the class called. "
+        f"The review flag marks P(IDC) >= {bundle['threshold']:.4f}, the bundle's review "
+        f"threshold: {threshold_note(bundle)}. It was fixed before this evaluation, so the "
         f"{summary['split']} data did not influence it. Probabilities are "
         "temperature-calibrated P(IDC), exactly as `idcscan predict` and the server report them.",
         "",
+    ]
+    review = summary.get("review")
+    if review:
+        (rtn, rfp), (rfn, rtp) = review["confusion_matrix"]
+        lines += [
+            f"At the review threshold: sensitivity {_fmt(review.get('sensitivity'))}, "
+            f"specificity {_fmt(review.get('specificity'))}, precision "
+            f"{_fmt(review.get('precision'))}; {rtp + rfp:,} patches flagged ({rtp:,} IDC, "
+            f"{rfp:,} false alarms), {rfn:,} IDC patches not flagged.",
+            "",
+        ]
+    lines += [
         "## Figures",
         "",
         "![ROC curve](roc.png) ![Precision-recall curve](pr.png)",

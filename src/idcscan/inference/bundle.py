@@ -88,6 +88,11 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         path = path.parent
     card_path = path / CARD_NAME
     if not card_path.is_file():
+        nested = path / "bundle"
+        if (nested / CARD_NAME).is_file():
+            raise IdcscanError(
+                f"{path} is a training run, not a model bundle: did you mean {nested}?"
+            )
         raise IdcscanError(
             f"No model bundle at {path}: expected {CARD_NAME} and {ONNX_NAME} there "
             "(`idcscan train` writes one to RUN/bundle)."

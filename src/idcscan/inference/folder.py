@@ -6,6 +6,8 @@ evaluate``, so one image gets one probability everywhere. A file that cannot be 
 with the reason and the run goes on: one broken file in ten thousand should not cost the rest.
 
 Probabilities in the rows are fractions in [0, 1] (the HTTP API shows percents for people).
+The call and the review flag follow ``idcscan.inference.labels``; ``warning`` says when an
+image was not one patch (``idcscan.inference.scale``); ``demo`` marks rows from a demo bundle.
 """
 
 from __future__ import annotations
@@ -25,8 +27,17 @@ import numpy as np
 from idcscan import DISCLAIMER, __version__
 from idcscan.errors import IdcscanError
 from idcscan.inference.images import DEFAULT_MAX_PIXELS, ImageError, decode_rgb
-from idcscan.inference.labels import CLASS_NAMES, classify, confidence
+from idcscan.inference.labels import (
+    CALL_RULE,
+    CLASS_NAMES,
+    DECISION_THRESHOLD,
+    FLAG_RULE,
+    classify,
+    confidence,
+    flagged,
+)
 from idcscan.inference.predictor import Predictor
+from idcscan.inference.scale import cli_warning
 from idcscan.preprocessing import to_patch
 
 #: Suffixes picked up when walking a folder (case-insensitive). Files named explicitly are
@@ -38,6 +49,9 @@ COLUMNS = (
     "class_name",
     "probability_positive",
     "confidence",
+    "flagged",
+    "warning",
+    "demo",
     "error",
 )
 
@@ -51,6 +65,9 @@ class FilePrediction:
     class_name: str | None = None
     probability_positive: float | None = None
     confidence: float | None = None
+    flagged: bool | None = None
+    warning: str | None = None
+    demo: bool = False
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -88,9 +105,13 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def _load_patch(path: Path, patch_size: int, max_pixels: int) -> np.ndarray | str:
+def _load_patch(
+    path: Path, patch_size: int, max_pixels: int
+) -> tuple[np.ndarray, tuple[int, int]] | str:
+    """(patch, original size), or the reason the file cannot be used."""
     try:
-        return to_patch(decode_rgb(path, max_pixels=max_pixels), patch_size)
+        rgb = decode_rgb(path, max_pixels=max_pixels)
+        return to_patch(rgb, patch_size), rgb.size
     except ImageError as exc:
         return str(exc)
 
@@ -112,15 +133,16 @@ def predict_files(
     """Yield one ``FilePrediction`` per path, in order; ``on_progress(n)`` after each chunk."""
     if batch_size < 1:
         raise IdcscanError("--batch-size must be at least 1.")
-    threshold = predictor.threshold
+    review_threshold = predictor.threshold
     patch_size = predictor.pre.patch_size
+    demo = bool(predictor.card.demo)
     threads = decode_threads or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="idcscan-decode") as pool:
         for chunk in _chunks(paths, batch_size):
             loaded = list(pool.map(lambda p: _load_patch(p, patch_size, max_pixels), chunk))
-            good = [i for i, item in enumerate(loaded) if isinstance(item, np.ndarray)]
+            good = [i for i, item in enumerate(loaded) if not isinstance(item, str)]
             probs = (
-                predictor.predict_proba(np.stack([loaded[i] for i in good]), tta=tta)
+                predictor.predict_proba(np.stack([loaded[i][0] for i in good]), tta=tta)
                 if good
                 else np.empty(0)
             )
@@ -128,16 +150,19 @@ def predict_files(
             for i, path in enumerate(chunk):
                 if i in by_index:
                     p = float(by_index[i])
-                    cls = classify(p, threshold)
+                    cls = classify(p)
                     yield FilePrediction(
                         path=str(path),
                         predicted_class=cls,
                         class_name=CLASS_NAMES[cls],
                         probability_positive=p,
                         confidence=confidence(p, cls),
+                        flagged=flagged(p, review_threshold),
+                        warning=cli_warning(loaded[i][1], patch_size, predictor.card.mpp),
+                        demo=demo,
                     )
                 else:
-                    yield FilePrediction(path=str(path), error=str(loaded[i]))
+                    yield FilePrediction(path=str(path), error=str(loaded[i]), demo=demo)
             if on_progress is not None:
                 on_progress(len(chunk))
 
@@ -163,7 +188,10 @@ def _json_text(rows: Iterable[FilePrediction], predictor: Predictor, tta: bool) 
     card = predictor.card
     doc = {
         "model": {"name": card.name, "version": card.version, "backbone": card.backbone},
-        "threshold": predictor.threshold,
+        "threshold": DECISION_THRESHOLD,
+        "review_threshold": predictor.threshold,
+        "decision": {"call": CALL_RULE, "review_flag": FLAG_RULE},
+        "demo": bool(card.demo),
         "tta": tta,
         "probabilities": "fractions in [0, 1]; confidence = probability of predicted_class",
         "idcscan_version": __version__,

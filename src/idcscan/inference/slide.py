@@ -98,6 +98,7 @@ class SlideSummary:
     timings: dict[str, float]
     model: dict[str, str]
     tissue: dict[str, Any]
+    demo: bool = False  # made by a demo bundle trained on synthetic data: means nothing
     disclaimer: str = DISCLAIMER
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class SlideSummary:
         "slide", "path", "width", "height", "mpp", "mpp_source", "level", "tile_size",
         "stride", "n_tiles", "n_idc_tiles", "tissue_area_mm2", "idc_area_mm2",
         "idc_fraction", "n_regions", "threshold", "tta", "time_total_s", "model",
-        "model_sha256",
+        "model_sha256", "demo",
     )  # fmt: skip
 
     def csv_row(self) -> dict[str, Any]:
@@ -140,6 +141,7 @@ class SlideMap:
     model: dict[str, str]
     tissue_params: TissueParams
     timings: dict[str, float] = field(default_factory=dict)
+    demo: bool = False
 
     @property
     def thumb_downsample(self) -> tuple[float, float]:
@@ -184,6 +186,7 @@ class SlideMap:
             timings={k: round(v, 4) for k, v in self.timings.items()},
             model=self.model,
             tissue={**self.tissue_params.to_dict(), "saturation_threshold": self.tissue_threshold},
+            demo=self.demo,
         )
 
 
@@ -311,6 +314,7 @@ def map_slide(
             "infer": t_infer,
             "map": time.perf_counter() - t_start,
         },
+        demo=card.demo,
     )
 
 
@@ -479,7 +483,7 @@ def run_slides(
                 report.done.append(analyse_slide(predictor, path, out_dir, options, update))
             except IdcscanError as exc:
                 report.failed.append((path, str(exc)))
-                bar.update(task, description=f"{name} [red](failed)")
+                bar.remove_task(task)  # the caller reports the failure in words
     out_dir.mkdir(parents=True, exist_ok=True)
     report.summary_csv = write_summary_csv(out_dir)
     return report

@@ -168,10 +168,12 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
+    demo = "DEMO MODEL, trained on synthetic data: means nothing.\n" if slide.demo else ""
     ax.set_title(
-        f"{slide.name}: IDC in {fraction:.1%} of {len(slide.probabilities)} tissue tiles "
-        f"(P(IDC) >= {slide.threshold:.2f}, outlined)",
+        f"{demo}{slide.name}: IDC in {fraction:.1%} of {len(slide.probabilities)} tissue tiles "
+        f"(P(IDC) >= {slide.threshold:.0%}, outlined)",
         fontsize=10,
+        color="#a3172c" if slide.demo else "black",
     )
     cax = fig.add_axes((0.87, 0.15, 0.025, 0.7))
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[COLORMAP]), cax=cax)

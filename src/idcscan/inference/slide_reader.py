@@ -460,8 +460,8 @@ def open_slide(path: str | Path) -> SlideReader:
     if suffix in TIFFSLIDE_SUFFIXES:
         raise IdcscanError(f"Cannot read {path}: {errors[0]}")
     raise IdcscanError(
-        f"Cannot read {path}: not a supported image "
-        f"({', '.join(sorted(SUPPORTED_SUFFIXES))}). {errors[-1]}"
+        f"{path} is not an image or slide idcscan can read; give a PNG, JPEG or TIFF image or "
+        f"a whole-slide file ({', '.join(sorted(SUPPORTED_SUFFIXES))})."
     )
 
 

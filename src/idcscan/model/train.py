@@ -53,16 +53,25 @@ class TrainResult:
 
 
 class _DropTips(logging.Filter):
-    """Lightning advertises a cloud logger on every run; that is not for our users."""
+    """Lightning's notices that are not for our users: a cloud-logger advert, the GPU/TPU/HPU
+    inventory (the header says what runs where), and "`Trainer.fit` stopped: max_epochs
+    reached", printed before the last epoch's bar and meaning only that training ended as
+    planned."""
+
+    NOISE = ("Tip:", "GPU available", "TPU available", "HPU available", "IPU available",
+             "`Trainer.fit` stopped", "LOCAL_RANK:")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
+        text = str(record.msg)
+        return not any(word in text for word in self.NOISE)
 
 
 def _quiet_lightning() -> None:
-    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropTips) for f in log.filters):
-        log.addFilter(_DropTips())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in log.filters):
+            log.addFilter(_DropTips())
 
 
 def _is_child_process() -> bool:
@@ -170,13 +179,14 @@ def _val_logits(net, images: torch.Tensor, batch: int = 256, tta: bool = False) 
 def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     """Train, calibrate and export; ``started`` (time.time()) anchors ``max_minutes``."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from idcscan.data.augment import augment_preset
     from idcscan.data.datamodule import IDCDataModule
     from idcscan.model.callbacks import RoundMetricsCSV, ScheduleFit
     from idcscan.model.module import IDCModule
+    from idcscan.model.progress_bar import CompactProgressBar
     from idcscan.model.schedule import Schedule, budget_schedule, epoch_schedule, \
         estimate_export_s
     from idcscan.model.weights import LoadedWeights, load_pretrained
@@ -291,7 +301,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
         ema = WeightEMA(cfg.ema_decay)
         callbacks.append(ema)
     if cfg.progress:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(CompactProgressBar())
     run_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")

@@ -6,8 +6,9 @@ by ``idcscan.inference.images`` (type by content, pixel limit from the header), 
 through the shared ``MicroBatcher``, so concurrent requests share ONNX Runtime calls.
 
 Every error answer is JSON ``{"error": "..."}``: 400 for a bad request or a broken image,
-413 for too many bytes or pixels, 415 for an image format idcscan does not decode. The
-catch-all 500 exists for bugs; no input is meant to reach it.
+413 for too many bytes or pixels, 415 for an image format idcscan does not decode, 422 (with
+``"use": "/slide"``) for an image far larger than a patch. The catch-all 500 exists for bugs;
+no input is meant to reach it.
 """
 
 from __future__ import annotations
@@ -33,10 +34,20 @@ from idcscan import DISCLAIMER, __version__
 from idcscan.errors import IdcscanError
 from idcscan.inference.batching import MicroBatcher, Scored
 from idcscan.inference.bundle import Bundle
-from idcscan.inference.explain import overlay_data_url
+from idcscan.inference.explain import explain as explain_cam
 from idcscan.inference.images import ImageTooLarge, UnsupportedImage, decode_rgb, png_data_url
+from idcscan.inference.labels import CALL_RULE, CONFIDENCE_RULE, FLAG_RULE
+from idcscan.inference.model_card import find_report
 from idcscan.inference.predictor import Predictor
+from idcscan.inference.scale import (
+    MAX_PATCH_SIDE,
+    NotAPatch,
+    check_patch_size,
+    patch_warnings,
+)
 from idcscan.preprocessing import to_patch
+from idcscan.server.card_routes import router as card_router
+from idcscan.server.docs import install_docs
 from idcscan.server.schemas import (
     BatchResponse,
     ErrorResponse,
@@ -62,12 +73,18 @@ _STATUS_BY_ERROR: tuple[tuple[type[IdcscanError], int], ...] = (
     (UploadTooLarge, 413),
     (ImageTooLarge, 413),
     (UnsupportedImage, 415),
+    (NotAPatch, 422),
 )
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "No usable upload, or a broken image."},
     413: {"model": ErrorResponse, "description": "Too many bytes or pixels."},
     415: {"model": ErrorResponse, "description": "An image format idcscan does not decode."},
+    422: {
+        "model": ErrorResponse,
+        "description": f"A large image (over {MAX_PATCH_SIDE} px on the long side), not a "
+        'patch: send it to /slide ("use": "/slide").',
+    },
 }
 
 
@@ -79,10 +96,11 @@ def status_for(exc: IdcscanError) -> int:
     return 400
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str, use: str | None = None) -> JSONResponse:
     # A refused body may still be arriving; closing the connection stops the client sending.
     headers = {"Connection": "close"} if status == 413 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    body = {"error": message} if use is None else {"error": message, "use": use}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _multipart_body(field: str, many: bool) -> dict[str, Any]:
@@ -108,33 +126,44 @@ def _multipart_body(field: str, many: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- scoring helpers
 
 
-def _decode(data: bytes, state: ServerState, source: str | None) -> tuple[Image.Image, np.ndarray]:
-    """Image -> (RGB preview for the answer, model patch). Runs in a worker thread."""
+def _decode(
+    data: bytes, state: ServerState, source: str | None
+) -> tuple[Image.Image, np.ndarray, list[str]]:
+    """Image -> (RGB preview for the answer, model patch, size warnings). A worker thread."""
     side = state.settings.max_preview_side
+    patch_size = state.predictor.pre.patch_size
     with state.decode_gate:
         rgb = decode_rgb(data, max_pixels=state.settings.max_pixels, source=source)
-        patch = to_patch(rgb, state.predictor.pre.patch_size)
+        check_patch_size(rgb.size, patch_size, state.settings.max_patch_side)
+        notes = patch_warnings(rgb.size, patch_size, state.predictor.card.mpp)
+        patch = to_patch(rgb, patch_size)
         if max(rgb.size) > side:  # ``rgb`` is our own decoded copy: shrink it in place
             rgb.thumbnail((side, side), Image.Resampling.BILINEAR)
-    return rgb, patch
+    return rgb, patch, notes
 
 
-def _render(state: ServerState, preview: Image.Image, scored: Scored) -> dict[str, Any]:
+def _render(
+    state: ServerState, preview: Image.Image, scored: Scored, notes: list[str]
+) -> dict[str, Any]:
     """The JSON answer for one scored image. Runs in a worker thread (PNG encoding)."""
     predictor = state.predictor
     card = predictor.card
     answer = verdict(scored.probability, predictor.threshold)
     answer.update(
         image=png_data_url(preview),
-        threshold=round(predictor.threshold * 100.0, 4),
+        warnings=notes,
         model={"name": card.name, "version": card.version, "backbone": card.backbone},
         disclaimer=DISCLAIMER,
         demo=state.demo,
     )
     if scored.cam is not None:
-        answer["explanation"] = overlay_data_url(
-            preview, scored.cam, patch_size=predictor.pre.patch_size
+        shown = explain_cam(
+            preview, scored.cam, predictor.temperature, patch_size=predictor.pre.patch_size
         )
+        if shown.overlay is not None:
+            answer["explanation"] = shown.overlay
+        else:
+            answer["explanation_note"] = shown.note
     return answer
 
 
@@ -142,9 +171,9 @@ async def score_image(
     state: ServerState, data: bytes, explain: bool, source: str | None = None
 ) -> dict[str, Any]:
     """Decode, score (micro-batched) and render one upload."""
-    preview, patch = await run_in_threadpool(_decode, data, state, source)
+    preview, patch, notes = await run_in_threadpool(_decode, data, state, source)
     scored = await state.batcher.predict(patch, cam=explain)
-    return await run_in_threadpool(_render, state, preview, scored)
+    return await run_in_threadpool(_render, state, preview, scored, notes)
 
 
 # --------------------------------------------------------------------------------- routes
@@ -251,6 +280,8 @@ async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
         "limits": {
             "max_upload_mb": s.max_upload_mb,
             "max_pixels": s.max_pixels,
+            "max_patch_side": s.max_patch_side,
+            "max_preview_side": s.max_preview_side,
             "max_batch_files": s.max_batch_files,
             "max_batch_upload_mb": s.max_batch_upload_mb,
             "max_slide_upload_mb": s.max_slide_upload_mb,
@@ -282,7 +313,7 @@ async def dashboard() -> FileResponse | HTMLResponse:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IdcscanError)
     async def _user_error(request: Request, exc: IdcscanError) -> JSONResponse:
-        return error_response(status_for(exc), str(exc))
+        return error_response(status_for(exc), str(exc), getattr(exc, "use_instead", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -319,10 +350,13 @@ def create_app(
     bundle_or_predictor: Predictor | Bundle | str | Path,
     settings: ServerSettings | None = None,
     demo: bool | None = None,
+    report: str | Path | None = None,
 ) -> FastAPI:
     """Build the service around a bundle directory, a loaded ``Bundle`` or a ``Predictor``.
 
     ``demo`` defaults to the model card's flag (bundles trained on synthetic data).
+    ``report``: the ``idcscan evaluate`` folder of this bundle, linked from the model card;
+    by default one next to the bundle whose metrics.json names this bundle's ONNX sha256.
     """
     predictor = (
         bundle_or_predictor
@@ -353,19 +387,32 @@ def create_app(
         summary="Invasive Ductal Carcinoma detection in H&E breast histopathology patches.",
         description=(
             f"**{DISCLAIMER}**\n\nModel: `{card.name}` {card.version} ({card.backbone}). "
-            "Probabilities in answers are percents (2 decimals); the threshold too."
+            "Probabilities in answers are percents (2 decimals); the thresholds too.\n\n"
+            f"**The call.** {CALL_RULE} {CONFIDENCE_RULE}\n\n**The review flag.** {FLAG_RULE} "
+            f"This model's review threshold: P(IDC) ≥ {card.threshold * 100:.2f}%.\n\n"
+            f"**Patches only.** /predict reads one 50 x 50 px patch; images over "
+            f"{MAX_PATCH_SIDE} px on the long side are refused (422) and belong to /slide, "
+            "which tiles them at the training scale. Smaller or larger patches are padded or "
+            "resized, and the answer's `warnings` say so."
             + ("\n\n**Demo model trained on synthetic data: its answers mean nothing.**"
                if state.demo else "")
         ),
         lifespan=lifespan,
+        docs_url=None,  # served from the package's own assets (offline): idcscan.server.docs
+        redoc_url=None,
     )
     app.state.idcscan = state
+    app.state.idcscan_report = (
+        Path(report) if report is not None else find_report(predictor.bundle.path, card)
+    )
     _install_error_handlers(app)
+    install_docs(app)
     app.include_router(router)
 
     from idcscan.server.slide_routes import router as slide_router
 
     app.include_router(slide_router)
+    app.include_router(card_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
 

@@ -51,7 +51,9 @@ class SlideResponse(BaseModel):
     idc_area_mm2: float
     idc_fraction: float = Field(description="IDC tiles / tissue tiles, from 0 to 1.")
     n_regions: int
-    threshold: float = Field(description="P(IDC) from which a tile is IDC, 0 to 1.")
+    threshold: float = Field(
+        description="P(IDC) from which a tile is called IDC, 0 to 1: 0.5, the call of /predict."
+    )
     tta: bool
     timings: dict[str, float]
     model: dict[str, str]
@@ -65,6 +67,7 @@ class SlideResponse(BaseModel):
         description="IDC regions as GeoJSON (level-0 pixel coordinates), as idc.geojson."
     )
     disclaimer: str
+    demo: bool = Field(description="True when the model is a demo trained on synthetic data.")
 
 
 def _analyse(
@@ -91,6 +94,7 @@ def _analyse(
         heatmap=png_data_url(heatmap_layer(slide)),
         regions=geojson(slide, polygons),
         disclaimer=DISCLAIMER,
+        demo=state.demo,
     )
     return summary
 

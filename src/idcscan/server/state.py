@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 
 from idcscan.inference.predictor import Predictor
+from idcscan.inference.scale import MAX_PATCH_SIDE, PREVIEW_SIDE
 
 MB = 1024 * 1024
 
@@ -28,7 +29,9 @@ class ServerSettings:
     max_batch: int = 32
     batch_wait_ms: float = 2.0
     #: The ``image`` echoed back is shrunk to this long side (a preview, not an archive).
-    max_preview_side: int = 2048
+    max_preview_side: int = PREVIEW_SIDE
+    #: /predict refuses images longer than this (a large image, not a patch): use /slide.
+    max_patch_side: int = MAX_PATCH_SIDE
     #: Images decoded at once, server-wide: bounds memory when many large uploads arrive.
     decode_slots: int = 4
 

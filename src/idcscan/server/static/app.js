@@ -33,6 +33,7 @@
 
   /** Every analysed (or rejected) file, in upload order. */
   const items = [];
+  const state = { maxPatchSide: 512, reviewThreshold: NaN };
   const queue = [];
   let running = 0;
   let nextId = 1;
@@ -106,68 +107,55 @@
     return frag;
   }
 
-  // ---------------------------------------------------------------- model card (/health)
+  // ---------------------------------------------------------------- model card
 
-  function cardFrom(health) {
-    return health.model_card || health.card || health.model || health;
-  }
-
-  function renderMetrics(metrics) {
-    const entries = Object.entries(metrics || {});
-    if (!entries.length) return el("p", { class: "muted small prose", text: "No metrics recorded." });
-    const frag = document.createDocumentFragment();
-    const flat = entries.filter(([, v]) => v === null || typeof v !== "object" || Array.isArray(v));
-    if (flat.length) frag.append(kvList(flat.map(([k, v]) => [humanize(k), v])));
-    for (const [group, values] of entries) {
-      if (values === null || typeof values !== "object" || Array.isArray(values)) continue;
-      frag.append(el("p", { class: "kv-group", text: humanize(group) }));
-      frag.append(kvList(Object.entries(values).map(([k, v]) => [humanize(k), v])));
-    }
-    return frag;
-  }
-
-  function renderModelCard(health) {
-    const card = cardFrom(health);
+  /** The readable card from /model-card: sections of rows, a confusion table, a report link. */
+  function renderReadableCard(card) {
     const body = els.modelBody;
     body.replaceChildren();
-
-    const threshold = Number(card.threshold);
-    const calibration = card.calibration || {};
     const chips = [];
-    if (card.version) chips.push(el("span", { class: "badge badge--neutral", text: `v${card.version}` }));
-    if (card.demo || health.demo) chips.push(el("span", { class: "badge badge--warning", text: "demo" }));
-    if (card.quantization) chips.push(el("span", { class: "badge badge--neutral", text: "int8" }));
+    if (card.demo) chips.push(el("span", { class: "badge badge--warning", text: "demo · synthetic data" }));
     body.append(
-      el("p", { class: "model-name", text: card.name || "unnamed model" }),
+      el("p", { class: "model-name", text: card.title }),
       el("div", { class: "model-meta" }, chips),
-      kvList([
-        ["Backbone", card.backbone],
-        ["Input size", card.input_size ? `${card.input_size} × ${card.input_size} px` : undefined],
-        ["Patch size", card.patch_size ? `${card.patch_size} × ${card.patch_size} px` : undefined],
-        ["Scale", card.mpp ? `${card.mpp} µm / px` : undefined],
-        ["Threshold", Number.isFinite(threshold) ? `P(IDC) ≥ ${pct(threshold * 100)}` : undefined],
-        ["Calibration", calibration.method
-          ? `${calibration.method}${calibration.temperature !== undefined ? ` (T = ${Number(calibration.temperature).toFixed(3)})` : ""}`
-          : undefined],
-      ]),
+      el("p", { class: "small prose", text: card.summary }),
+      el("h3", { class: "panel__subtitle", text: "Decision" }),
+      el("p", { class: "small prose" }, [el("strong", { text: "Call: " }), card.decision.call]),
+      el("p", { class: "small prose" }, [el("strong", { text: "Review flag: " }), card.decision.review]),
     );
-    if (card.quantization) {
-      body.append(section("Quantization", kvList(
-        Object.entries(card.quantization).map(([k, v]) => [humanize(k), v]),
-      )));
+    for (const sec of card.sections) {
+      const frag = document.createDocumentFragment();
+      frag.append(kvList(sec.rows));
+      if (sec.note) frag.append(el("p", { class: "muted small prose", text: sec.note }));
+      if (sec.confusion) {
+        const c = sec.confusion;
+        const table = el("table", { class: "card-table", "data-testid": "confusion-matrix" }, [
+          el("caption", { text: c.caption }),
+          el("thead", {}, el("tr", {}, c.columns.map((h) => el("th", { scope: "col", text: h })))),
+          el("tbody", {}, c.rows.map((row) => el("tr", {}, row.map((v, i) =>
+            el(i === 0 ? "th" : "td", i === 0 ? { scope: "row", text: v } : { text: v }))))),
+        ]);
+        frag.append(table);
+      }
+      if (sec.link) {
+        frag.append(el("p", { class: "small" }, el("a", { href: sec.link.href, text: sec.link.text })));
+      }
+      body.append(section(sec.title, frag));
     }
-    body.append(section("Validation metrics", renderMetrics(card.metrics)));
-    const data = card.data || {};
-    const dataEntries = Object.entries(data).map(([k, v]) => [humanize(k), v]);
-    body.append(section("Training data", dataEntries.length
-      ? kvList(dataEntries)
-      : el("p", { class: "muted small prose", text: "No data provenance recorded." })));
-    if (card.created) {
-      body.append(el("p", { class: "muted small prose", text: `Exported ${card.created}` }));
+    if (!card.has_report) {
+      body.append(el("p", { class: "muted small prose",
+        text: "No test-set report of this model was found next to it; run `idcscan evaluate` to add one." }));
     }
+  }
 
+  function renderHealth(health) {
+    const card = health.model || {};
     const demo = Boolean(card.demo || health.demo);
     els.demoBanner.hidden = !demo;
+    state.reviewThreshold = Number(card.threshold);
+    for (const node of document.querySelectorAll(".review-threshold")) {
+      node.textContent = pct(state.reviewThreshold * 100);
+    }
     const label = `${card.name || "model"}${card.version ? ` v${card.version}` : ""}`;
     setStatus(health.model_loaded === false ? "bad" : "ok",
       health.model_loaded === false ? "Model not loaded" : `${label}${demo ? " · demo" : ""} · ready`);
@@ -175,6 +163,10 @@
     const limits = health.limits || {};
     if (limits.max_upload_mb) {
       $("upload-limit").textContent = ` Up to ${formatValue(limits.max_upload_mb)} MB per file.`;
+    }
+    if (limits.max_patch_side) {
+      state.maxPatchSide = Number(limits.max_patch_side);
+      $("max-patch-side").textContent = String(state.maxPatchSide);
     }
     const disclaimer = health.disclaimer || card.disclaimer;
     if (disclaimer) els.disclaimer.textContent = disclaimer;
@@ -195,8 +187,11 @@
     try {
       const response = await fetch("/health", { headers: { Accept: "application/json" } });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      renderModelCard(await response.json());
+      renderHealth(await response.json());
       els.serverBanner.hidden = true;
+      const cardResponse = await fetch("/model-card", { headers: { Accept: "application/json" } });
+      if (!cardResponse.ok) throw new Error(`model card: HTTP ${cardResponse.status}`);
+      renderReadableCard(await cardResponse.json());
     } catch (err) {
       setStatus("bad", "Server unreachable");
       els.serverBanner.hidden = false;
@@ -241,41 +236,48 @@
     const body = node.querySelector(".result__body");
 
     const probability = Number(r.probability_positive);
-    const threshold = Number(r.threshold);
+    const call = Number(r.threshold);            // 50.00: the call
+    const review = Number(r.review_threshold);   // the bundle's review threshold
+    const clamp = (v) => Math.max(0, Math.min(100, v));
     const meter = el("div", {
       class: `meter ${positive ? "meter--positive" : ""}`,
       role: "meter",
       "aria-valuemin": 0,
       "aria-valuemax": 100,
       "aria-valuenow": probability,
-      "aria-valuetext": `P(IDC) ${pct(probability)}, threshold ${pct(threshold)}`,
+      "aria-valuetext": `P(IDC) ${pct(probability)}; IDC Positive from ${pct(call)}, review flag from ${pct(review)}`,
       "aria-label": "Probability of IDC",
     }, [
-      el("div", { class: "meter__fill", style: `width: ${Math.max(0, Math.min(100, probability))}%` }),
-      el("div", {
-        class: "meter__threshold",
-        style: `left: ${Math.max(0, Math.min(100, threshold))}%`,
-        title: `Decision threshold ${pct(threshold)}`,
-      }),
+      el("div", { class: "meter__fill", style: `width: ${clamp(probability)}%` }),
+      el("div", { class: "meter__threshold", style: `left: ${clamp(call)}%`,
+        title: `IDC Positive from P(IDC) ${pct(call)}` }),
+      el("div", { class: "meter__threshold meter__threshold--review", style: `left: ${clamp(review)}%`,
+        title: `Review flag from P(IDC) ${pct(review)}` }),
     ]);
-
-    // The threshold label sits under its tick; an end label it would cover is dropped.
-    const at = Math.max(14, Math.min(86, threshold));
-    const scale = el("div", { class: "meter__scale", "aria-hidden": "true" }, [
-      threshold > 22 ? el("span", { class: "meter__scale-mark meter__scale-mark--start", text: "0%" }) : null,
-      el("span", { class: "meter__scale-mark", style: `left: ${at}%`, text: `threshold ${pct(threshold)}` }),
-      threshold < 78 ? el("span", { class: "meter__scale-mark meter__scale-mark--end", text: "100%" }) : null,
-    ]);
+    const caption = el("div", { class: "meter__caption", "data-testid": "thresholds" },
+      `IDC Positive from ${pct(call)} (solid tick) · review from ${pct(review)} (dashed)`);
+    const flags = [];
+    if (r.flagged) {
+      flags.push(el("span", { class: "badge badge--warning", "data-testid": "review-flag",
+        title: `P(IDC) is at least the review threshold ${pct(review)}`, text: "Review" }));
+    }
+    if (r.demo) flags.push(el("span", { class: "badge badge--neutral", text: "demo model" }));
     body.append(
       el("div", { class: "result__verdict", "data-testid": "verdict", text: r.class_name }),
-      el("div", { class: "meter-block" }, [meter, scale]),
+      el("div", { class: "meter-block" }, [meter, caption]),
       el("div", { class: "result__numbers" }, [
         el("span", {}, ["P(IDC) ", el("strong", { "data-testid": "probability", text: pct(probability) })]),
-        el("span", {}, ["Confidence ", el("strong", { "data-testid": "confidence", text: pct(r.confidence) })]),
+        el("span", { title: "Probability of the class called" }, [
+          "Confidence ", el("strong", { "data-testid": "confidence", text: pct(r.confidence) }),
+          ` (${r.class_name})`]),
       ]),
     );
+    if (flags.length) body.append(el("div", { class: "result__flags" }, flags));
+    for (const warning of r.warnings || []) {
+      body.append(el("div", { class: "result__warning", role: "note", "data-testid": "warning", text: warning }));
+    }
 
-    if (r.explanation) {
+    if (r.explanation || r.explanation_note) {
       const toggle = el("button", {
         type: "button",
         class: "btn btn--small",
@@ -291,16 +293,81 @@
   }
 
   function setExplained(item, on) {
-    if (!item.result || !item.result.explanation) return;
+    const r = item.result;
+    if (!r || !(r.explanation || r.explanation_note)) return;
     item.explained = on;
     const img = item.node.querySelector("img");
-    img.src = on ? item.result.explanation : item.result.image;
-    img.alt = on
+    const overlay = on && Boolean(r.explanation);
+    img.src = overlay ? r.explanation : r.image;
+    img.alt = overlay
       ? `${item.file.name}: Grad-CAM explanation overlay`
       : `${item.file.name}: patch as the model saw it`;
-    item.node.querySelector(".result__figure-tag").hidden = !on;
+    // The tag only ever sits over a real overlay; an empty map says so in words instead.
+    item.node.querySelector(".result__figure-tag").hidden = !overlay;
+    const note = item.node.querySelector(".result__figure-note");
+    note.hidden = !(on && !r.explanation);
+    note.textContent = r.explanation_note || "";
     item.toggle.setAttribute("aria-pressed", String(on));
     item.toggle.textContent = on ? "Show patch" : "Show explanation";
+  }
+
+  // ---------------------------------------------------------------- large images
+
+  const HANDOFF_DB = "idcscan";
+  const HANDOFF_STORE = "handoff";
+
+  /** Keep the File in IndexedDB so the large-image page can pick it up (no upload twice). */
+  function handOff(file) {
+    return new Promise((resolve, reject) => {
+      const open = indexedDB.open(HANDOFF_DB, 1);
+      open.onupgradeneeded = () => open.result.createObjectStore(HANDOFF_STORE);
+      open.onerror = () => reject(open.error);
+      open.onsuccess = () => {
+        const tx = open.result.transaction(HANDOFF_STORE, "readwrite");
+        tx.objectStore(HANDOFF_STORE).put(file, "slide");
+        tx.oncomplete = () => { open.result.close(); resolve(); };
+        tx.onerror = () => reject(tx.error);
+      };
+    });
+  }
+
+  async function openInLargeImageView(file) {
+    try {
+      await handOff(file);
+      window.location.href = "/static/slide.html?from=patches";
+    } catch (err) {
+      window.location.href = "/static/slide.html";
+    }
+  }
+
+  /** (width, height) of an image file the browser can decode, else null (the server judges). */
+  async function imageSize(file) {
+    if (typeof createImageBitmap !== "function") return null;
+    try {
+      const bitmap = await createImageBitmap(file);
+      const size = [bitmap.width, bitmap.height];
+      bitmap.close();
+      return size;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function showLargeImage(item, message) {
+    const node = item.node;
+    node.className = "card result result--large";
+    const spinner = node.querySelector(".spinner");
+    if (spinner) spinner.remove();
+    node.querySelector(".result__head").append(
+      el("span", { class: "badge badge--warning", text: "Large image" }),
+    );
+    const button = el("button", { type: "button", class: "btn btn--small", "data-testid": "open-large",
+      text: "Map it in the large-image view" });
+    button.addEventListener("click", () => openInLargeImageView(item.file));
+    node.querySelector(".result__body").append(
+      el("div", { class: "result__warning", role: "note", "data-testid": "large-image", text: message }),
+      el("div", { class: "result__actions" }, [button]),
+    );
   }
 
   function showError(item, message) {
@@ -330,7 +397,8 @@
     const done = items.filter((i) => i.result);
     const positives = done.filter((i) => Number(i.result.predicted_class) === 1).length;
     const rejected = items.filter((i) => i.error).length;
-    const pending = items.length - done.length - rejected;
+    const large = items.filter((i) => i.large).length;
+    const pending = items.length - done.length - rejected - large;
     const parts = [];
     if (done.length) parts.push(el("span", { class: "badge badge--neutral", text: `${done.length} analysed` }));
     if (positives) parts.push(el("span", { class: "badge badge--positive", text: `${positives} IDC Positive` }));
@@ -338,6 +406,7 @@
       parts.push(el("span", { class: "badge badge--negative", text: `${done.length - positives} IDC Negative` }));
     }
     if (rejected) parts.push(el("span", { class: "badge badge--warning", text: `${rejected} rejected` }));
+    if (large) parts.push(el("span", { class: "badge badge--warning", text: `${large} for the large-image view` }));
     if (pending) parts.push(el("span", { class: "muted", text: `${pending} in progress…` }));
     els.summary.replaceChildren(...parts);
     els.empty.hidden = items.length > 0;
@@ -375,6 +444,14 @@
   }
 
   async function analyse(item) {
+    const size = await imageSize(item.file);
+    if (size && Math.max(size[0], size[1]) > state.maxPatchSide) {
+      item.large = true;
+      showLargeImage(item, `${size[0]} × ${size[1]} px is a large image, not a ` +
+        `50 × 50 px patch: squeezed into one patch its answer would mean nothing. ` +
+        `The large-image view tiles it at the training scale.`);
+      return;
+    }
     const form = new FormData();
     form.append("file", item.file, item.file.name || "pasted.png");
     let response;
@@ -390,6 +467,12 @@
       payload = await response.json();
     } catch (err) {
       payload = null;
+    }
+    if (response.status === 422 && payload && payload.use === "/slide") {
+      item.large = true;
+      releaseThumb(item);
+      showLargeImage(item, payload.error);
+      return;
     }
     if (!response.ok || !payload || payload.error) {
       item.error = (payload && (payload.error || payload.detail)) ||
@@ -419,13 +502,16 @@
 
   function downloadCsv() {
     const header = ["filename", "class_name", "predicted_class", "probability_positive_pct",
-      "confidence_pct", "threshold_pct", "model", "error", "disclaimer"];
+      "confidence_pct", "threshold_pct", "flagged", "review_threshold_pct", "warnings", "demo",
+      "model", "error", "disclaimer"];
     const rows = [header];
     for (const item of items) {
       const r = item.result || {};
       const model = r.model ? `${r.model.name} ${r.model.version}` : "";
       rows.push([item.file.name, r.class_name, r.predicted_class, r.probability_positive,
-        r.confidence, r.threshold, model, item.error, r.disclaimer || els.disclaimer.textContent]);
+        r.confidence, r.threshold, r.flagged, r.review_threshold, (r.warnings || []).join(" "),
+        r.demo, model, item.error || (item.large ? "large image: use the large-image view" : ""),
+        r.disclaimer || els.disclaimer.textContent]);
     }
     const text = rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n";
     const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));

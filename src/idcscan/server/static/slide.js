@@ -24,6 +24,7 @@
   }
 
   async function loadHealth() {
+    // Returns once the limits are known, so a handed-over file is checked against them.
     try {
       const r = await fetch("/health");
       if (!r.ok) throw new Error("HTTP " + r.status);
@@ -58,11 +59,33 @@
     return (100 * fraction).toFixed(1) + "%";
   }
 
-  function busy(on) {
+  /** One of: "empty" (nothing yet), "busy" (mapping), "map" (a result), "none" (an error
+   *  or nothing to show: the banner says why). Never a spinner over text, never an <img>
+   *  without a source (no broken-image icons). */
+  function viewer(mode, text) {
+    $("viewer-empty").hidden = !(mode === "empty" || mode === "none");
+    if (mode === "empty") $("viewer-empty").textContent = "No image yet. Drop one above; its IDC map appears here.";
+    if (mode === "none") $("viewer-empty").textContent = text || "Nothing to show.";
+    $("viewer-busy").hidden = mode !== "busy";
+    if (mode === "busy") $("busy-text").textContent = text || "Mapping the image…";
+    $("viewer-stack").hidden = mode !== "map";
+    if (mode !== "map") {
+      $("base-image").removeAttribute("src");
+      $("heatmap-image").removeAttribute("src");
+      $("opacity").disabled = true;
+    }
+  }
+
+  function busy(on, name) {
     state.busy = on;
-    $("spinner").hidden = !on;
     $("file-input").disabled = on;
     $("dropzone").setAttribute("aria-busy", on ? "true" : "false");
+    if (on) {
+      $("summary").hidden = true;
+      $("summary-empty").hidden = false;
+      $("summary-empty").textContent = "Mapping " + name + "…";
+      viewer("busy", "Mapping " + name + " tile by tile; large images take a minute.");
+    }
   }
 
   function applyOpacity() {
@@ -71,19 +94,38 @@
     $("opacity-value").textContent = value + "%";
   }
 
+  function fmtPct(fraction) {
+    return (100 * fraction).toFixed(2) + "%";
+  }
+
   function show(result) {
     state.result = result;
+    const tooSmall = !result.n_tiles && (result.width < result.tile_size || result.height < result.tile_size);
+    if (tooSmall) {
+      viewer("none", "Nothing to map: the image is smaller than one tile.");
+      showError(
+        "The image is smaller than one tile",
+        result.width + " × " + result.height + " px is smaller than one " + result.tile_size +
+          " px tile at this scale, so there is nothing to map. Send single patches to the " +
+          "Patches page instead."
+      );
+      $("summary").hidden = true;
+      $("summary-empty").hidden = false;
+      $("summary-empty").textContent = "Nothing was mapped: the image is smaller than one tile.";
+      return;
+    }
     $("base-image").src = result.image;
     $("heatmap-image").src = result.heatmap;
-    $("viewer-empty").hidden = true;
-    $("viewer-stack").hidden = false;
+    viewer("map");
     $("opacity").disabled = false;
     applyOpacity();
+    $("result-demo").hidden = !result.demo;
 
     $("summary-empty").hidden = true;
     $("summary").hidden = false;
     $("idc-fraction").textContent = result.n_tiles ? fmtPercent(result.idc_fraction) : "no tissue";
-    $("threshold").textContent = result.threshold.toFixed(2);
+    $("threshold").textContent = fmtPct(result.threshold);
+    $("legend-threshold").textContent = fmtPct(result.threshold);
     $("tissue-area").textContent = fmtArea(result.tissue_area_mm2);
     $("idc-area").textContent = fmtArea(result.idc_area_mm2);
     $("tiles").textContent = result.n_tiles + " (" + result.n_idc_tiles + " IDC)";
@@ -102,7 +144,7 @@
     if (!result.n_tiles) {
       showError(
         "No tissue found",
-        "Every part of the image looked like background (glass), so nothing was scored."
+        "Every tile of the image looked like background (glass), so nothing was scored."
       );
     }
   }
@@ -116,6 +158,33 @@
     a.click();
     a.remove();
     setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  function resetSummary() {
+    $("summary").hidden = true;
+    $("summary-empty").hidden = false;
+    $("summary-empty").textContent = "Upload an image to see its IDC share, areas and tile counts.";
+  }
+
+  /** A file handed over by the Patches page (a large image dropped there), via IndexedDB. */
+  function takeHandOff() {
+    return new Promise((resolve) => {
+      if (!window.indexedDB) return resolve(null);
+      const open = indexedDB.open("idcscan", 1);
+      open.onupgradeneeded = () => open.result.createObjectStore("handoff");
+      open.onerror = () => resolve(null);
+      open.onsuccess = () => {
+        const tx = open.result.transaction("handoff", "readwrite");
+        const store = tx.objectStore("handoff");
+        const get = store.get("slide");
+        get.onsuccess = () => {
+          store.delete("slide");
+          resolve(get.result || null);
+        };
+        get.onerror = () => resolve(null);
+        tx.oncomplete = () => open.result.close();
+      };
+    });
   }
 
   async function upload(file) {
@@ -136,7 +205,7 @@
     if ($("tta-input").checked) params.set("tta", "true");
     const body = new FormData();
     body.append("file", file, file.name);
-    busy(true);
+    busy(true, file.name);
     try {
       const r = await fetch("/slide" + (params.toString() ? "?" + params : ""), { method: "POST", body });
       let data = null;
@@ -153,11 +222,15 @@
         };
         showError(titles[r.status] || "The server answered with an error (" + r.status + ")",
           (data && data.error) || "No details were given.");
+        viewer("none", "No map: " + file.name + " could not be mapped (see above).");
+        resetSummary();
         return;
       }
       show(data);
     } catch (err) {
       showError("The upload failed", "The server could not be reached (" + err.message + ").");
+      viewer("none", "No map: the upload failed.");
+      resetSummary();
     } finally {
       busy(false);
     }
@@ -196,7 +269,15 @@
       download(state.result.slide.replace(/\.[^.]+$/, "") + "_summary.json",
         JSON.stringify(summary, null, 2), "application/json");
     });
-    loadHealth();
+    viewer("empty");
+    const ready = loadHealth();
+    if (new URLSearchParams(window.location.search).get("from") === "patches") {
+      takeHandOff().then(async (file) => {
+        if (!file) return;
+        await ready;
+        upload(file);
+      });
+    }
   }
 
   document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,226 @@
+"""The model card as a person reads it, rendered from model.json (and an evaluation report).
+
+model.json stays complete for machines; this module picks what a reader needs and says it in
+words: class names, what the model reads, which data and patients, the decision convention
+with the review threshold stated once, validation numbers with a small confusion-matrix table,
+and test-set metrics with confidence intervals when an ``idcscan evaluate`` report of THIS
+bundle exists (matched by the ONNX sha256, so a stale report is never shown). No absolute
+paths: folders are named by their last part.
+
+``readable_card`` returns plain data (sections of label/value rows) that the dashboard draws
+as HTML and ``card_markdown`` prints as Markdown (``idcscan card``), so both say the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePath
+from typing import Any
+
+from idcscan import DISCLAIMER
+from idcscan.inference.bundle import ModelCard
+from idcscan.inference.labels import CLASS_NAMES, DECISION_THRESHOLD, percent
+
+#: Where ``find_report`` looks for an evaluation report, relative to the bundle folder.
+REPORT_CANDIDATES = ("report", "../report", "../../report")
+REPORT_METRICS = "metrics.json"
+
+_METRICS = (
+    ("auc", "ROC AUC"),
+    ("pr_auc", "PR AUC"),
+    ("balanced_accuracy", "Balanced accuracy"),
+    ("sensitivity", "Sensitivity (IDC found)"),
+    ("specificity", "Specificity (non-IDC cleared)"),
+    ("precision", "Precision (PPV)"),
+    ("ece", "Calibration error (ECE)"),
+)
+
+
+def find_report(bundle_dir: str | Path, card: ModelCard) -> Path | None:
+    """The folder of an ``idcscan evaluate`` report of this bundle, if one lies nearby."""
+    base = Path(bundle_dir)
+    for relative in REPORT_CANDIDATES:
+        folder = (base / relative).resolve()
+        metrics = folder / REPORT_METRICS
+        if not metrics.is_file():
+            continue
+        try:
+            summary = json.loads(metrics.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (summary.get("bundle") or {}).get("onnx_sha256") == card.onnx_sha256:
+            return folder
+    return None
+
+
+def load_report(folder: Path | None) -> dict[str, Any] | None:
+    if folder is None:
+        return None
+    return json.loads((folder / REPORT_METRICS).read_text())
+
+
+def _name(path: Any) -> str:
+    """A folder named by its last part: cards travel, absolute paths mean nothing elsewhere."""
+    return PurePath(str(path)).name if path else "unknown"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{float(value):.{digits}f}"
+
+
+def _confusion(
+    matrix: list[list[int]], caption: str,
+    columns: tuple[str, str] = ("called IDC Negative", "called IDC Positive"),
+) -> dict[str, Any]:
+    (tn, fp), (fn, tp) = matrix
+    return {
+        "caption": caption,
+        "columns": ["", *columns],
+        "rows": [["true non-IDC", f"{tn:,}", f"{fp:,}"], ["true IDC", f"{fn:,}", f"{tp:,}"]],
+    }
+
+
+def _data_section(card: ModelCard) -> dict[str, Any]:
+    data = card.data or {}
+    rows: list[list[str]] = []
+    if data.get("source"):
+        rows.append(["Source", _name(data["source"])])
+    if card.demo:
+        rows.append(["Kind", "SYNTHETIC patches (demo): never real tissue"])
+    patients = data.get("patients_per_split") or {}
+    counts = data.get("counts") or {}
+    if patients:
+        parts = []
+        for split, label in (("train", "train"), ("val", "validation"), ("test", "test")):
+            if split in patients:
+                n = (counts.get(split) or {}).get("total")
+                parts.append(f"{label} {patients[split]}" + (f" ({n:,} patches)" if n else ""))
+        rows.append(["Patients", " · ".join(parts)])
+    if data.get("split_by"):
+        seed = data.get("split_seed")
+        rows.append(["Split", f"by {data['split_by']}" + (f", seed {seed}" if seed is not None
+                                                          else "")
+                     + ": no patient is in two splits"])
+    if data.get("trained_on"):
+        rows.append(["Use of splits", str(data["trained_on"])])
+    for key, value in data.items():
+        if key in ("source", "path", "counts", "patients_per_split", "split_by", "split_seed",
+                   "trained_on", "n_patients", "val_frac", "test_frac", "prepared_by"):
+            continue
+        if isinstance(value, (str, int, float)) and not str(value).startswith("/"):
+            rows.append([key.replace("_", " ").capitalize(), str(value)])
+    return {"title": "Training data", "rows": rows or [["Source", "not recorded"]]}
+
+
+def _validation_section(card: ModelCard) -> dict[str, Any] | None:
+    val = (card.metrics or {}).get("validation")
+    if not isinstance(val, dict):
+        return None
+    rows = [[label, _num(val.get(key))] for key, label in _METRICS if key in val]
+    section: dict[str, Any] = {
+        "title": "Validation (patients held out from training)",
+        "rows": rows,
+    }
+    if val.get("n_patients"):
+        section["note"] = (f"{val.get('n_patches', 0):,} patches from {val['n_patients']} "
+                           "patients; sensitivity, specificity and precision at the review "
+                           "threshold.")
+    if val.get("confusion_matrix"):
+        section["confusion"] = _confusion(val["confusion_matrix"],
+                                          "Validation patches at the review threshold",
+                                          ("not flagged", "flagged for review"))
+    return section
+
+
+def _test_section(report: dict[str, Any], link: str | None) -> dict[str, Any]:
+    ci = report.get("ci95") or {}
+    rows = []
+    for key, label in _METRICS:
+        if key not in report:
+            continue
+        low, high = (ci.get(key) or [None, None])[:2]
+        interval = "" if low is None else f" ({low:.3f}–{high:.3f})"
+        rows.append([label, _num(report.get(key)) + interval])
+    data = report.get("data") or {}
+    section: dict[str, Any] = {
+        "title": f"Test set ({report.get('split', 'test')} split), with 95% CIs",
+        "rows": rows,
+        "note": (f"{data.get('n_patches', report.get('n_patches', 0)):,} patches from "
+                 f"{data.get('n_patients', report.get('n_patients', '?'))} patients; the call at "
+                 f"P(IDC) ≥ {percent(report.get('threshold', DECISION_THRESHOLD))}; never used "
+                 "in training; intervals resample whole patients."),
+    }
+    if report.get("confusion_matrix"):
+        section["confusion"] = _confusion(
+            report["confusion_matrix"],
+            f"Test patches, called at P(IDC) ≥ {percent(report.get('threshold', 0.5))}",
+        )
+    if link:
+        section["link"] = {"href": link, "text": "Full evaluation report"}
+    return section
+
+
+def readable_card(
+    card: ModelCard, report: dict[str, Any] | None = None, report_link: str | None = None
+) -> dict[str, Any]:
+    """What a person needs to know about the model, as plain data (see module doc)."""
+    calibration = card.calibration
+    model_rows = [
+        ["Classes", f"1 = {CLASS_NAMES[1]}, 0 = {CLASS_NAMES[0]}"],
+        ["Reads", f"{card.patch_size} × {card.patch_size} px H&E patches at {card.mpp:g} µm/px "
+                  f"(resized to {card.input_size} × {card.input_size} px inside the model)"],
+        ["Backbone", card.backbone],
+        ["Calibration", f"{calibration.method} scaling (T = {calibration.temperature:.3f}), so "
+                        "P(IDC) is a calibrated probability"],
+    ]
+    if card.created:
+        model_rows.append(["Exported", card.created])
+    decision = {
+        "call": f"IDC Positive when P(IDC) ≥ {percent(DECISION_THRESHOLD)} (IDC more likely "
+                "than not); confidence is the probability of the class called.",
+        "review": f"Flagged for review when P(IDC) ≥ {percent(card.threshold)}: the threshold "
+                  "chosen on validation patients for balanced sensitivity and specificity. "
+                  "It catches more IDC at the cost of false alarms.",
+        "review_threshold": card.threshold,
+    }
+    sections = [{"title": "Model", "rows": model_rows}, _data_section(card)]
+    validation = _validation_section(card)
+    if validation:
+        sections.append(validation)
+    if report is not None:
+        sections.append(_test_section(report, report_link))
+    return {
+        "title": f"{card.name} {card.version}",
+        "demo": card.demo,
+        "summary": ("Demo model trained on synthetic data: its numbers say nothing about real "
+                    "tissue. " if card.demo else "")
+        + f"Classifies {card.patch_size} × {card.patch_size} px H&E breast-tissue patches as "
+        "IDC Positive or IDC Negative (invasive ductal carcinoma).",
+        "decision": decision,
+        "sections": sections,
+        "has_report": report is not None,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def card_markdown(readable: dict[str, Any]) -> str:
+    """The readable card as Markdown (``idcscan card``; also fine in a README)."""
+    lines = [f"# Model card: {readable['title']}", "", f"> **{readable['disclaimer']}**", "",
+             readable["summary"], "", "## Decision", "",
+             f"- **Call:** {readable['decision']['call']}",
+             f"- **Review flag:** {readable['decision']['review']}", ""]
+    for section in readable["sections"]:
+        lines += [f"## {section['title']}", "", "| | |", "|---|---|"]
+        lines += [f"| {a} | {b} |" for a, b in section["rows"]]
+        lines.append("")
+        if section.get("note"):
+            lines += [section["note"], ""]
+        confusion = section.get("confusion")
+        if confusion:
+            lines += [f"{confusion['caption']}:", "",
+                      "| " + " | ".join(confusion["columns"]) + " |", "|---|---|---|"]
+            lines += ["| " + " | ".join(row) + " |" for row in confusion["rows"]]
+            lines.append("")
+        if section.get("link"):
+            lines += [f"{section['link']['text']}: {section['link']['href']}", ""]
+    return "\n".join(lines)
