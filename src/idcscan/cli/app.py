@@ -16,13 +16,17 @@ from rich.console import Console
 
 from idcscan import DISCLAIMER, __version__
 from idcscan.errors import IdcscanError
+from idcscan.files import output_error
 
 console = Console(stderr=True)
 out = Console()
 
 
 class _App(typer.Typer):
-    """Typer whose commands print IdcscanError as one clear line and exit 2, no traceback."""
+    """Typer whose commands print IdcscanError as one clear line and exit 2, no traceback.
+
+    A write that fails for a reason the user can fix (full disk, read-only or forbidden
+    folder) is reported the same way, wherever in the library it happened."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
         register = super().command(*args, **kwargs)
@@ -33,13 +37,22 @@ class _App(typer.Typer):
                 try:
                     return func(*a, **kw)
                 except IdcscanError as exc:
-                    console.print(f"[bold red]error:[/] {exc}", highlight=False)
-                    raise typer.Exit(2) from None
+                    _fail(exc)
+                except OSError as exc:
+                    friendly = output_error(exc)
+                    if friendly is None:
+                        raise
+                    _fail(friendly)
 
             register(wrapper)
             return func
 
         return decorator
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 app = _App(
