@@ -62,7 +62,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self.transport.is_closing():
             return
-        self.logger.info("Closing a connection whose request headers did not arrive in time.")
+        self.logger.debug("Closing a connection whose request headers did not arrive in time.")
         self.transport.write(_timeout_response(self.header_timeout_s))
         self.transport.close()
 
