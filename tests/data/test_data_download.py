@@ -25,11 +25,13 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", no_route)
 
 
-def test_offline_download_fails_fast_with_what_to_do(offline, tmp_path) -> None:
-    start = time.monotonic()
+def test_offline_download_fails_fast_with_what_to_do(offline, tmp_path, monkeypatch) -> None:
+    def no_waiting(seconds: float) -> None:  # "fast" = no retry loop that sleeps
+        raise AssertionError(f"slept {seconds} s instead of failing at once")
+
+    monkeypatch.setattr(time, "sleep", no_waiting)
     with pytest.raises(IdcscanError) as err:
         download(tmp_path / "kaggle")
-    assert time.monotonic() - start < 5
     message = str(err.value)
     assert "paultimothymooney/breast-histopathology-images" in message
     assert "cannot reach" in message
@@ -52,10 +54,11 @@ def test_a_silent_network_is_given_up_on_after_the_timeout() -> None:
     extra.connect_ex(server.getsockname())
     fillers.append(extra)
     try:
-        start = time.monotonic()
+        # Without its timeout the probe would wait minutes for the kernel to give up; with it
+        # the call returns (pytest-timeout would fail a hang) and says why.
         reason = _endpoint_reachable(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=1.0)
         assert reason is not None and "cannot reach" in reason
-        assert time.monotonic() - start < 3
+        assert "timed out" in reason
     finally:
         for f in fillers:
             f.close()

@@ -154,9 +154,9 @@ def test_bootstrap_is_deterministic_for_a_seed(rng):
 
 def test_thousand_patient_resamples_are_fast(rng):
     labels, probs, patients = clustered(rng, n_patients=30, per_patient=134)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the machine's other load does not count
     m.patient_bootstrap_ci(labels, probs, patients, 0.5, n_boot=1000)
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
 
 
 def test_patient_table():

@@ -32,6 +32,65 @@ def test_tampered_onnx_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
         load_bundle(copy)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda card: card.update(threshold=0.01),  # every patch would become IDC Positive
+        lambda card: card["calibration"].update(temperature=9.0),
+        lambda card: card["preprocessing"].update(mean=[0.0, 0.0, 0.0]),
+        lambda card: card.update(onnx_sha256="0" * 64),  # pointed at another model.onnx
+    ],
+    ids=["threshold", "temperature", "preprocessing", "onnx_sha256"],
+)
+def test_an_edited_model_card_is_refused_with_the_reason(tiny_bundle, tmp_path, edit) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    card = json.loads((copy / "model.json").read_text())
+    edit(card)
+    (copy / "model.json").write_text(json.dumps(card, indent=2))
+    with pytest.raises(IdcscanError, match="model.json was changed after export"):
+        load_bundle(copy)
+    with pytest.raises(IdcscanError, match="was changed after export"):
+        Predictor(copy)
+
+
+def test_reformatting_the_card_is_not_an_alteration(tiny_bundle, tmp_path) -> None:
+    """The seal covers the content, not the layout: key order and indentation are free."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    card = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps(dict(reversed(list(card.items())))))
+    assert load_bundle(copy).card.threshold == card["threshold"]
+
+
+def test_altered_bundles_are_refused_by_the_cli_in_one_line(tiny_bundle, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from idcscan.cli import app
+
+    patch = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((50, 50, 3), dtype=np.uint8)).save(patch)
+    for part in ("model.json", "model.onnx"):
+        copy = tmp_path / part
+        shutil.copytree(tiny_bundle, copy)
+        if part == "model.json":
+            card = json.loads((copy / part).read_text())
+            card["threshold"] = 0.2
+            (copy / part).write_text(json.dumps(card))
+        else:
+            data = bytearray((copy / part).read_bytes())
+            data[len(data) // 2] ^= 0xFF  # one flipped byte deep inside the weights
+            (copy / part).write_bytes(bytes(data))
+        for command in (["predict", str(copy), str(patch)], ["serve", str(copy)]):
+            result = CliRunner().invoke(app, command)
+            assert result.exit_code == 2, result.output
+            message = " ".join(result.stderr.split())
+            assert message.startswith("error: ") and "Traceback" not in message
+            assert ("changed after export" if part == "model.json" else "does not match") in message
+
+
 def test_missing_or_broken_card_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(IdcscanError, match="No model bundle"):
         load_bundle(tmp_path)

@@ -42,9 +42,12 @@ def test_kill_then_resume_finishes_like_the_uninterrupted_run(prepared_data, tmp
     run = tmp_path / "run"
     proc = subprocess.Popen([IDCSCAN, "train", *args(run)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while len(_rows(run / "metrics.csv")) < 2 and proc.poll() is None:
-        assert time.monotonic() < deadline
+    # Kill once a checkpoint exists and a round is logged: detected from the files, never by
+    # waiting a fixed time (the deadline is only a hang guard).
+    deadline = time.monotonic() + 600
+    last = run / "checkpoints" / "last.ckpt"
+    while (len(_rows(run / "metrics.csv")) < 2 or not last.is_file()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # as hard as an interruption gets
     proc.wait()

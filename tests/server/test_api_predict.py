@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from idcscan import DISCLAIMER, __version__
 from idcscan.cli import app as cli_app
+from idcscan.inference.bundle import load_bundle, write_card
 from idcscan.inference.predictor import Predictor
 from idcscan.preprocessing import to_patch
 from idcscan.server.app import create_app
@@ -61,9 +62,8 @@ def split_bundle(tiny_bundle: Path, images, tmp_path_factory) -> Path:
     probs = Predictor(tiny_bundle).predict_proba(np.stack(images))
     out = tmp_path_factory.mktemp("split-bundle")
     shutil.copytree(tiny_bundle, out, dirs_exist_ok=True)
-    card = json.loads((out / "model.json").read_text())
-    card["threshold"] = float(np.median(probs))
-    (out / "model.json").write_text(json.dumps(card))
+    card = load_bundle(out).card
+    write_card(card.model_copy(update={"threshold": float(np.median(probs))}), out)
     return out
 
 
@@ -203,9 +203,7 @@ def test_health_describes_the_model(client, predictor) -> None:
 def test_demo_flag_follows_the_card_unless_overridden(tiny_bundle: Path, tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     shutil.copytree(tiny_bundle, demo)
-    card = json.loads((demo / "model.json").read_text())
-    card["demo"] = True
-    (demo / "model.json").write_text(json.dumps(card))
+    write_card(load_bundle(demo).card.model_copy(update={"demo": True}), demo)
     with TestClient(create_app(demo)) as c:
         assert c.get("/health").json()["demo"] is True
         arr = np.zeros((50, 50, 3), dtype=np.uint8)

@@ -18,6 +18,7 @@ from rich.markup import escape
 from idcscan import DISCLAIMER, __version__
 from idcscan.cli import helptext
 from idcscan.errors import IdcscanError
+from idcscan.files import output_error
 
 helptext.install()
 
@@ -29,7 +30,10 @@ _disclaimer_shown = False
 
 
 class _App(typer.Typer):
-    """Typer whose commands print IdcscanError as one clear line and exit 2, no traceback."""
+    """Typer whose commands print IdcscanError as one clear line and exit 2, no traceback.
+
+    A write that fails for a reason the user can fix (full disk, read-only or forbidden
+    folder) is reported the same way, wherever in the library it happened."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
         register = super().command(*args, **kwargs)
@@ -42,13 +46,22 @@ class _App(typer.Typer):
                 try:
                     return func(*a, **kw)
                 except IdcscanError as exc:
-                    print_error(str(exc))
-                    raise typer.Exit(2) from None
+                    _fail(exc)
+                except OSError as exc:
+                    friendly = output_error(exc)
+                    if friendly is None:
+                        raise
+                    _fail(friendly)
 
             register(wrapper)
             return func
 
         return decorator
+
+
+def _fail(exc: Exception) -> None:
+    print_error(str(exc))
+    raise typer.Exit(2) from None
 
 
 app = _App(

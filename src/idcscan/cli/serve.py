@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
-import os
 import socket
 from pathlib import Path
 
@@ -35,26 +33,32 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
     port: int = typer.Option(5000, min=1, max=65535, help="TCP port."),
     max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest accepted upload (MB)."),
-    workers: int = typer.Option(1, min=1, help="Server processes (each loads the model)."),
+    workers: int = typer.Option(
+        0, min=0, help="Server processes, each with its own model (0: one per CPU core)."
+    ),
     max_batch: int = typer.Option(32, min=1, help="Most patches scored in one model call."),
+    access_log: bool = typer.Option(
+        False, "--access-log/--no-access-log", help="Log one line per request."
+    ),
 ) -> None:
     """Serve the dashboard and JSON API (/predict, /predict/batch, /health; docs at /docs).
     Research use only."""
-    import uvicorn
-
     from idcscan.inference.bundle import load_bundle
+    from idcscan.server.runtime import default_workers, run_server
     from idcscan.server.state import ServerSettings
 
     loaded = load_bundle(bundle)  # refuse a bad bundle before binding anything
     _check_port(host, port)
     settings = ServerSettings(max_upload_mb=max_upload_mb, max_batch=max_batch)
+    workers = workers or default_workers()
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
         shown = "127.0.0.1"
     card = loaded.card
     console.print(
         f"[bold]idcscan[/] serving [cyan]{card.name}[/] {card.version} ({card.backbone}) "
-        f"at [bold underline]http://{shown}:{port}/[/]  (API docs: http://{shown}:{port}/docs)",
+        f"at [bold underline]http://{shown}:{port}/[/]  (API docs: http://{shown}:{port}/docs)"
+        f", {workers} worker process{'es' if workers > 1 else ''}",
         highlight=False,
     )
     print_disclaimer()
@@ -64,23 +68,4 @@ def serve(
             "synthetic data: its answers say nothing about real tissue.[/]",
             highlight=False,
         )
-
-    if workers == 1:
-        from idcscan.server.app import create_app
-
-        uvicorn.run(create_app(loaded, settings=settings), host=host, port=port, log_level="info")
-        return
-    os.environ["IDCSCAN_SERVE_BUNDLE"] = str(Path(bundle).resolve())
-    # Workers share the cores: each ONNX Runtime session gets its slice, not all of them.
-    os.environ["IDCSCAN_SERVE_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    os.environ["IDCSCAN_SERVE_SETTINGS"] = json.dumps(
-        {"max_upload_mb": max_upload_mb, "max_batch": max_batch}
-    )
-    uvicorn.run(
-        "idcscan.server.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-    )
+    run_server(loaded, host, port, settings, workers=workers, access_log=access_log)

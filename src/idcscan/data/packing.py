@@ -25,6 +25,7 @@ from idcscan.data.packed import INDEX, INDEX_COLUMNS, META, PATCHES, SPLITS
 from idcscan.data.parallel import map_ordered, resolve_workers
 from idcscan.data.splits import split_patients, validate_fractions
 from idcscan.errors import IdcscanError
+from idcscan.files import atomic_write_text, reserve_space
 from idcscan.preprocessing import PAD_VALUE, PATCH_SIZE, pad_to_patch, to_rgb
 
 PADDING_NOTE = {
@@ -144,12 +145,6 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @dataclass
 class _Packed:
     """What survived decoding: kept files (row order), the failures, and per-row facts."""
@@ -169,6 +164,7 @@ def _pack_patches(found: Scan, src: Path, tmp: Path, workers: int, progress: boo
     n = len(found.files)
     shape = (PATCH_SIZE, PATCH_SIZE, 3)
     buf = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    reserve_space(tmp)
     errors, padded, modes = _decode_all([str(f.path) for f in found.files], buf, workers, progress)
     ok = np.array([e is None for e in errors], dtype=bool)
     keep = np.flatnonzero(ok)
@@ -177,6 +173,7 @@ def _pack_patches(found: Scan, src: Path, tmp: Path, workers: int, progress: boo
         packed = np.lib.format.open_memmap(
             compact, mode="w+", dtype=np.uint8, shape=(len(keep), *shape)
         )
+        reserve_space(compact)
         for s in range(0, len(keep), 4096):
             packed[s : s + 4096] = buf[keep[s : s + 4096]]
         packed.flush()
@@ -249,6 +246,7 @@ def prepare(
             )
     except BaseException:
         tmp_patches.unlink(missing_ok=True)
+        tmp_patches.with_name(tmp_patches.name + ".compact").unlink(missing_ok=True)
         raise
     files = packed.files
     assignment = _assign_splits(files, val_frac, test_frac, seed)
@@ -299,8 +297,12 @@ def prepare(
             "files": [{"path": s.path, "reason": s.reason} for s in skipped],
         },
     }
-    _atomic_text(out / INDEX, "\n".join(index_lines) + "\n")
-    _atomic_text(out / META, json.dumps(meta, indent=2) + "\n")
+    try:
+        atomic_write_text(out / INDEX, "\n".join(index_lines) + "\n")
+        atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        tmp_patches.unlink(missing_ok=True)
+        raise
     os.replace(tmp_patches, out / PATCHES)
     return PrepareSummary(
         out=out,

@@ -5,8 +5,12 @@ server should score whatever has queued up together. A single worker task takes 
 waiting request, gathers more for at most ``max_wait_s`` (a couple of milliseconds) or until
 ``max_batch``, runs ONE ``Predictor`` call in a worker thread (the event loop keeps accepting
 requests meanwhile), and resolves each request's future with its own row. While a call runs,
-new requests queue up, so batches grow by themselves exactly when clients do; a lone request
-waits at most ``max_wait_s`` extra.
+new requests queue up, so batches grow by themselves exactly when clients do.
+
+Waiting only pays when company is on its way: callers announce work that will reach the
+batcher soon (``incoming()``, around decoding an upload), and the worker waits up to
+``max_wait_s`` only while such work exists. A lone client is scored at once, with no added
+latency; many clients still fill batches.
 
 Each row of a batched call is computed independently by the network (eval mode, no
 cross-sample statistics), so a request gets the same answer alone or in a batch.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -79,6 +84,17 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._incoming = 0  # announced requests not yet queued (see ``incoming``)
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Announce a request that will call ``predict`` shortly (e.g. while its upload is
+        decoded), so a batch being collected waits for it instead of leaving without it."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
 
     def _ensure_worker(self) -> asyncio.Queue[_Request]:
         """Start the worker on the running loop (lazily: test clients may skip lifespan)."""
@@ -111,6 +127,8 @@ class MicroBatcher:
                 continue
             except asyncio.QueueEmpty:
                 pass
+            if self._incoming <= 0:
+                break  # nobody else is on the way: go now
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

@@ -6,7 +6,10 @@ ONNX I/O contract (format_version 1):
   output ``cam``:   float32 [N, h, w], non-negative Grad-CAM map of the IDC logit
 P(IDC) = sigmoid(logit / calibration.temperature); a patch is called IDC when
 P(IDC) >= threshold. Loading verifies the sha256 of model.onnx against the card, so a swapped
-or corrupted model is refused instead of silently serving other numbers.
+or corrupted model is refused instead of silently serving other numbers; and the card carries
+``card_sha256``, the sha256 of its own canonical JSON (sorted keys, that one key left out), so
+an edited threshold, temperature or preprocessing is refused too. A card without
+``card_sha256`` (written before idcscan 0.1 sealed its cards) is still read.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from idcscan.preprocessing import Preprocessing
 FORMAT_VERSION = 1
 CARD_NAME = "model.json"
 ONNX_NAME = "model.onnx"
+#: The card's own checksum key: not part of what it covers.
+CARD_SHA256 = "card_sha256"
 
 
 class Calibration(BaseModel):
@@ -81,6 +86,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def card_digest(payload: dict[str, Any]) -> str:
+    """sha256 of a card's canonical JSON, its own ``card_sha256`` key left out."""
+    body = {k: v for k, v in payload.items() if k != CARD_SHA256}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_card_digest(card_path: Path, payload: dict[str, Any]) -> None:
+    claimed = payload.get(CARD_SHA256)
+    if claimed is None:
+        return  # a card written before cards were sealed
+    actual = card_digest(payload)
+    if actual != claimed:
+        raise IdcscanError(
+            f"{card_path} was changed after export (its {CARD_SHA256} {str(claimed)[:12]}… "
+            f"!= {actual[:12]}… of its content): a threshold, calibration or preprocessing "
+            "edited by hand would silently change every answer. Use the model.json exported "
+            "with this model, or re-export it."
+        )
+
+
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     """Read and check a bundle directory (or its model.json)."""
     path = Path(path)
@@ -98,9 +124,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
             "(`idcscan train` writes one to RUN/bundle)."
         )
     try:
-        card = ModelCard.model_validate(json.loads(card_path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as exc:
+        payload = json.loads(card_path.read_text(encoding="utf-8"))
+        card = ModelCard.model_validate(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
         raise IdcscanError(f"{card_path} is not a valid idcscan model card: {exc}") from exc
+    if verify:
+        _check_card_digest(card_path, payload)
     if card.format_version != FORMAT_VERSION:
         raise IdcscanError(
             f"{card_path} has bundle format {card.format_version}; this idcscan reads "
@@ -121,10 +150,11 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 
 
 def write_card(card: ModelCard, directory: Path) -> Path:
-    """Write model.json atomically (temporary name, then rename)."""
+    """Write model.json, sealed with its ``card_sha256``, atomically (temporary name, then
+    rename)."""
+    from idcscan.files import atomic_write_text
+
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / CARD_NAME
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
-    tmp.replace(target)
-    return target
+    payload = {k: v for k, v in card.model_dump(mode="json").items() if k != CARD_SHA256}
+    payload[CARD_SHA256] = card_digest(payload)
+    return atomic_write_text(directory / CARD_NAME, json.dumps(payload, indent=2) + "\n")

@@ -26,6 +26,7 @@ import numpy as np
 
 from idcscan import DISCLAIMER, __version__
 from idcscan.errors import IdcscanError
+from idcscan.files import atomic_write_text, output_error
 from idcscan.inference.images import DEFAULT_MAX_PIXELS, ImageError, decode_rgb
 from idcscan.inference.labels import (
     CALL_RULE,
@@ -208,8 +209,8 @@ def write_predictions(
     out = Path(out)
     fmt = output_format(out)
     text = _csv_text(rows) if fmt == "csv" else _json_text(rows, predictor, tta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (output_error(exc, out.parent, writing=True) or exc) from exc
+    return atomic_write_text(out, text)

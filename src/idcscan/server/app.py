@@ -6,9 +6,9 @@ by ``idcscan.inference.images`` (type by content, pixel limit from the header), 
 through the shared ``MicroBatcher``, so concurrent requests share ONNX Runtime calls.
 
 Every error answer is JSON ``{"error": "..."}``: 400 for a bad request or a broken image,
-413 for too many bytes or pixels, 415 for an image format idcscan does not decode, 422 (with
-``"use": "/slide"``) for an image far larger than a patch. The catch-all 500 exists for bugs;
-no input is meant to reach it.
+413 for too many bytes or pixels, 415 for an image format idcscan does not decode, 408 for an
+upload that came too slowly, 422 (with ``"use": "/slide"``) for an image far larger than a
+patch. The catch-all 500 exists for bugs; no input is meant to reach it.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from idcscan.server.state import ServerSettings, ServerState, get_state
 from idcscan.server.uploads import (
     ENVELOPE_BYTES,
     BadUpload,
+    UploadTimeout,
     UploadTooLarge,
     many_files,
     one_file,
@@ -70,6 +71,7 @@ log = logging.getLogger("idcscan.server")
 STATIC_DIR = Path(__file__).parent / "static"
 
 _STATUS_BY_ERROR: tuple[tuple[type[IdcscanError], int], ...] = (
+    (UploadTimeout, 408),
     (UploadTooLarge, 413),
     (ImageTooLarge, 413),
     (UnsupportedImage, 415),
@@ -98,7 +100,7 @@ def status_for(exc: IdcscanError) -> int:
 
 def error_response(status: int, message: str, use: str | None = None) -> JSONResponse:
     # A refused body may still be arriving; closing the connection stops the client sending.
-    headers = {"Connection": "close"} if status == 413 else None
+    headers = {"Connection": "close"} if status in (408, 413) else None
     body = {"error": message} if use is None else {"error": message, "use": use}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -126,9 +128,15 @@ def _multipart_body(field: str, many: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- scoring helpers
 
 
-def _decode(
-    data: bytes, state: ServerState, source: str | None
-) -> tuple[Image.Image, np.ndarray, list[str]]:
+#: Images up to this many pixels (judged from the header) are decoded and rendered on the
+#: event loop itself: for a patch the two thread hops cost more CPU than the work they carry
+#: (profile in docs/BENCHMARKS.md). Anything larger goes to worker threads as before.
+INLINE_PIXELS = 128 * 128
+
+Decoded = tuple[Image.Image, np.ndarray, list[str]]
+
+
+def _decode(data: bytes, state: ServerState, source: str | None) -> Decoded:
     """Image -> (RGB preview for the answer, model patch, size warnings). A worker thread."""
     side = state.settings.max_preview_side
     patch_size = state.predictor.pre.patch_size
@@ -140,6 +148,21 @@ def _decode(
         if max(rgb.size) > side:  # ``rgb`` is our own decoded copy: shrink it in place
             rgb.thumbnail((side, side), Image.Resampling.BILINEAR)
     return rgb, patch, notes
+
+
+def _decode_small(data: bytes, state: ServerState, source: str | None) -> Decoded | None:
+    """``_decode`` on the calling thread for a small image; ``None`` when it is not small
+    (or not decodable: the threaded path then gives the answer with the real limits)."""
+    limit = min(INLINE_PIXELS, state.settings.max_pixels)
+    try:
+        rgb = decode_rgb(data, max_pixels=limit, source=source)
+    except IdcscanError:
+        return None
+    patch_size = state.predictor.pre.patch_size
+    if max(rgb.size) > state.settings.max_patch_side:
+        return None
+    notes = patch_warnings(rgb.size, patch_size, state.predictor.card.mpp)
+    return rgb, to_patch(rgb, patch_size), notes
 
 
 def _render(
@@ -171,8 +194,14 @@ async def score_image(
     state: ServerState, data: bytes, explain: bool, source: str | None = None
 ) -> dict[str, Any]:
     """Decode, score (micro-batched) and render one upload."""
-    preview, patch, notes = await run_in_threadpool(_decode, data, state, source)
+    with state.batcher.incoming():  # a batch being collected waits for this one
+        decoded = _decode_small(data, state, source)
+        if decoded is None:
+            decoded = await run_in_threadpool(_decode, data, state, source)
+    preview, patch, notes = decoded
     scored = await state.batcher.predict(patch, cam=explain)
+    if scored.cam is None and preview.width * preview.height <= INLINE_PIXELS:
+        return _render(state, preview, scored, notes)
     return await run_in_threadpool(_render, state, preview, scored, notes)
 
 

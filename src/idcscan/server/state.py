@@ -34,6 +34,11 @@ class ServerSettings:
     max_patch_side: int = MAX_PATCH_SIDE
     #: Images decoded at once, server-wide: bounds memory when many large uploads arrive.
     decode_slots: int = 4
+    #: Slow clients: seconds to deliver a request's headers, and its body (at most
+    #: ``upload_idle_timeout_s`` without a byte, ``upload_timeout_s`` in all).
+    header_timeout_s: float = 10.0
+    upload_timeout_s: float = 120.0
+    upload_idle_timeout_s: float = 15.0
 
     @property
     def max_upload_bytes(self) -> int:

@@ -8,14 +8,18 @@ refuses oversize bodies early instead:
 2. the body is then read from ``request.stream()`` with a running byte count, so a client that
    sends no length (chunked) or lies about it is cut off as soon as it passes the limit;
 3. the bytes go through ``python_multipart``'s streaming parser, part by part, with a per-file
-   limit too; nothing is written anywhere.
+   limit too; nothing is written anywhere;
+4. the body must arrive in time: at most ``idle_timeout_s`` without a byte, and all of it
+   within ``timeout_s``, so a client that sends slowly (or stops) cannot hold a request
+   open for ever.
 
-Every refusal is an ``IdcscanError`` subclass; the app maps ``UploadTooLarge`` to 413 and
-``BadUpload`` to 400. The slide route reuses ``read_form`` with its own (larger) limits.
+Every refusal is an ``IdcscanError`` subclass; the app maps ``UploadTooLarge`` to 413,
+``UploadTimeout`` to 408 and ``BadUpload`` to 400. The slide route reuses ``read_form`` with its own (larger) limits.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from python_multipart.exceptions import FormParserError
@@ -26,6 +30,9 @@ from idcscan.errors import IdcscanError
 
 #: Room for the multipart envelope (boundaries, part headers) on top of the file limit.
 ENVELOPE_BYTES = 64 * 1024
+#: A whole body must arrive within this many seconds, and never pause longer than the idle one.
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_IDLE_TIMEOUT_S = 15.0
 
 
 class UploadError(IdcscanError):
@@ -38,6 +45,10 @@ class UploadTooLarge(UploadError):
 
 class BadUpload(UploadError):
     """Not a usable multipart/form-data body (HTTP 400)."""
+
+
+class UploadTimeout(UploadError):
+    """The body came too slowly or stopped coming (HTTP 408)."""
 
 
 @dataclass(frozen=True)
@@ -120,18 +131,34 @@ class _Collector:
         self.ended = True
 
 
+def _timeouts(request: Request) -> tuple[float, float]:
+    """The app's upload deadlines (``ServerSettings``), or the defaults outside idcscan's app."""
+    settings = getattr(getattr(request.app.state, "idcscan", None), "settings", None)
+    return (
+        float(getattr(settings, "upload_timeout_s", DEFAULT_TIMEOUT_S)),
+        float(getattr(settings, "upload_idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)),
+    )
+
+
 async def read_form(
     request: Request,
     max_bytes: int,
     max_file_bytes: int | None = None,
     max_parts: int = 16,
+    timeout_s: float | None = None,
+    idle_timeout_s: float | None = None,
 ) -> list[UploadPart]:
     """All parts of a multipart/form-data request, read under ``max_bytes`` for the body.
 
-    ``max_file_bytes`` (default: ``max_bytes``) caps each part. Raises ``UploadTooLarge`` or
-    ``BadUpload`` with a message meant for the person who sent the request.
+    ``max_file_bytes`` (default: ``max_bytes``) caps each part. The body must be complete
+    within ``timeout_s`` and never pause for ``idle_timeout_s`` (defaults: the app's
+    settings). Raises ``UploadTooLarge``, ``UploadTimeout`` or ``BadUpload`` with a message
+    meant for the person who sent the request.
     """
     max_file_bytes = max_bytes if max_file_bytes is None else max_file_bytes
+    default_total, default_idle = _timeouts(request)
+    timeout_s = default_total if timeout_s is None else timeout_s
+    idle_timeout_s = default_idle if idle_timeout_s is None else idle_timeout_s
     length_header = request.headers.get("content-length")
     if length_header is not None:
         try:
@@ -161,20 +188,30 @@ async def read_form(
     except (FormParserError, ValueError) as exc:
         raise BadUpload(f"Invalid multipart boundary: {exc}") from exc
     received = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     try:
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            received += len(chunk)
-            if received > max_bytes:
-                raise UploadTooLarge(
-                    f"The upload is over the limit of {_megabytes(max_bytes)}. "
-                    "Send a smaller image."
-                )
-            parser.write(chunk)
+        # One timeout scope, moved forward per chunk: the idle limit, capped by the total.
+        async with asyncio.timeout_at(min(deadline, loop.time() + idle_timeout_s)) as scope:
+            async for chunk in request.stream():
+                scope.reschedule(min(deadline, loop.time() + idle_timeout_s))
+                if not chunk:
+                    continue
+                received += len(chunk)
+                if received > max_bytes:
+                    raise UploadTooLarge(
+                        f"The upload is over the limit of {_megabytes(max_bytes)}. "
+                        "Send a smaller image."
+                    )
+                parser.write(chunk)
         if received == 0:
             raise BadUpload(_EMPTY)
         parser.finalize()
+    except TimeoutError:
+        raise UploadTimeout(
+            f"The upload arrived too slowly (after {received:,} bytes; allowed: "
+            f"{idle_timeout_s:g} s without data, {timeout_s:g} s in all). Resend it."
+        ) from None
     except FormParserError as exc:
         raise BadUpload(f"The multipart body is malformed ({exc}).") from exc
     except ClientDisconnect:
