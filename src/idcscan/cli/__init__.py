@@ -9,6 +9,7 @@ from idcscan.cli import serve as _serve  # noqa: F401
 from idcscan.cli import slide as _slide  # noqa: F401
 from idcscan.cli import quantize as _quantize  # noqa: F401
 from idcscan.cli import demo as _demo  # noqa: F401
+from idcscan.cli import report as _report  # noqa: F401
 
 
 def main() -> None:

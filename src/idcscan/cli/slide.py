@@ -44,6 +44,12 @@ def slide(
         None, help="P(IDC) from which a tile counts as IDC. Default 0.5 on calibrated P(IDC): "
         "unbiased IDC areas (the bundle's threshold favours sensitivity)."
     ),
+    cluster: str | None = typer.Option(
+        None,
+        help="Run on Dask, one task per slide: local (a worker process per core the machine "
+        "can feed), local:N (N workers), tcp://HOST:PORT or a scheduler file (an existing "
+        "cluster whose workers see the same paths). Also writes OUT/report.html.",
+    ),
 ) -> None:
     """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.
 
@@ -53,13 +59,20 @@ def slide(
     from idcscan.inference.slide import ScaleWarning, SlideOptions, run_slides
 
     print_disclaimer()
-    predictor = Predictor(bundle, batch_size=batch_size)
     options = SlideOptions(
         mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScaleWarning)
-        report = run_slides(predictor, inputs, out_dir, options, shard=shard, console=console)
+        if cluster is None:
+            predictor = Predictor(bundle, batch_size=batch_size)
+            report = run_slides(predictor, inputs, out_dir, options, shard=shard, console=console)
+        else:
+            from idcscan.inference.cohort import run_cohort
+
+            report = run_cohort(
+                bundle, inputs, out_dir, options, cluster=cluster, shard=shard, console=console
+            )
     for w in caught:
         if issubclass(w.category, ScaleWarning):
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
@@ -81,6 +94,8 @@ def slide(
         )
     if report.summary_csv is not None:
         out.print(f"Summary of all finished slides: {report.summary_csv}", highlight=False)
+    if getattr(report, "report_html", None) is not None:
+        out.print(f"Cohort report: {report.report_html}", highlight=False)
     print_disclaimer()
     if report.failed:
         details = "; ".join(f"{p}: {msg}" for p, msg in report.failed)
