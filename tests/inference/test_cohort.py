@@ -281,12 +281,14 @@ def test_report_command_with_patients(
 
 @pytest.mark.browser
 def test_report_opens_offline_in_chromium(
-    single: Path, browser, artifacts_dir: Path
+    trained_bundle: Path, single: Path, browser, artifacts_dir: Path, tmp_path: Path
 ) -> None:
     from idcscan import DISCLAIMER
     from idcscan.inference.cohort_report import write_report
 
-    path = write_report(single)
+    patients = tmp_path / "patients.csv"
+    patients.write_text(f"slide,patient\n{GOOD[0]},P1\n{GOOD[1]},P1\n{GOOD[2]},P2\n")
+    path = write_report(single, patients=patients, bundle=trained_bundle)
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
@@ -299,12 +301,13 @@ def test_report_opens_offline_in_chromium(
     widths = page.locator("#slides img").evaluate_all("is => is.map(i => i.naturalWidth)")
     assert len(widths) == 3 and min(widths) > 0
     assert page.locator("img[alt^='Histogram']").evaluate("i => i.naturalWidth") > 0
+    assert page.locator("#patients tbody tr").count() == 2
     assert DISCLAIMER in page.content()
     # sort by IDC fraction, descending on the second click
     header = page.locator("#slides th", has_text="IDC fraction")
     header.click()
     header.click()
-    order = rows.evaluate_all("rs => rs.map(r => parseFloat(r.cells[3].dataset.sort))")
+    order = rows.evaluate_all("rs => rs.map(r => parseFloat(r.cells[4].dataset.sort))")
     assert order == sorted(order, reverse=True)
     page.screenshot(path=str(artifacts_dir / "cohort_report.png"), full_page=True)
     assert all(u.startswith(("file:", "data:")) for u in requests)

@@ -113,7 +113,7 @@ def dask_client(spec: ClusterSpec) -> Iterator[Any]:
             n_workers=spec.workers,
             threads_per_worker=threads,
             processes=True,
-            dashboard_address=":0",
+            dashboard_address=":8787",  # the Dask default; another port if taken
             silence_logs=logging.ERROR,
         ) as cluster, Client(cluster) as client:  # fmt: skip
             yield client
