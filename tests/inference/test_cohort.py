@@ -276,7 +276,9 @@ def test_report_command_with_patients(
 
     patients.write_text("file,who\nx,y\n")
     bad = CliRunner().invoke(app, args)
-    assert bad.exit_code == 2 and "slide and patient" in bad.output
+    assert bad.exit_code == 2 and "slide and patient" in " ".join(bad.output.split())
+    empty = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert empty.exit_code == 2 and "no mapped slides" in " ".join(empty.output.split())
 
 
 @pytest.mark.browser

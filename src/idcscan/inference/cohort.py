@@ -219,6 +219,8 @@ def run_cohort(
             with dask_client(spec) as own:
                 _run_on(own, str(Path(bundle).resolve()), todo, out_dir, options, result,
                         progress, console, on_progress)  # fmt: skip
+    result.done.sort(key=lambda s: s.slide)  # completion order is the cluster's, not ours
+    result.failed.sort(key=lambda f: str(f[0]))
     result.summary_csv = write_summary_csv(out_dir)
     if report:
         result.report_html = write_report(out_dir)
