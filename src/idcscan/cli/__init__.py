@@ -11,6 +11,7 @@ from idcscan.cli import slide as _slide  # noqa: F401
 from idcscan.cli import quantize as _quantize  # noqa: F401
 from idcscan.cli import demo as _demo  # noqa: F401
 from idcscan.cli import card as _card  # noqa: F401
+from idcscan.cli import report as _report  # noqa: F401
 
 
 def main() -> None:

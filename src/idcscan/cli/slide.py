@@ -44,26 +44,40 @@ def slide(
         None, help="P(IDC) from which a tile counts as IDC. Default 0.5 on calibrated P(IDC): "
         "unbiased IDC areas (the bundle's threshold favours sensitivity)."
     ),
+    cluster: str | None = typer.Option(
+        None,
+        help="Run on Dask, one task per slide: local (a worker process per core the machine "
+        "can feed), local:N (N workers), tcp://HOST:PORT or a scheduler file (an existing "
+        "cluster whose workers see the same paths). Also writes OUT/report.html.",
+    ),
 ) -> None:
     """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.
 
     Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, summary.json} and OUT/summary.csv. Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide whose folder is complete is skipped, so re-running a command resumes it.
     """  # noqa: E501  (one line per paragraph: the help wraps it)
+    from idcscan.inference.bundle import load_bundle
     from idcscan.inference.predictor import Predictor
     from idcscan.cli.arguments import check_bundle_first
     from idcscan.inference.slide import ScaleWarning, SlideOptions, run_slides
 
     check_bundle_first("slide", bundle, inputs)
-    predictor = Predictor(bundle, batch_size=batch_size)
-    if predictor.card.demo:
+    if load_bundle(bundle).card.demo:
         print_warning("DEMO model trained on synthetic data: its maps mean nothing.")
     options = SlideOptions(
         mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScaleWarning)
-        report = run_slides(predictor, inputs, out_dir, options, shard=shard, console=console,
-                            progress=console.is_terminal)
+        if cluster is None:
+            predictor = Predictor(bundle, batch_size=batch_size)
+            report = run_slides(predictor, inputs, out_dir, options, shard=shard,
+                                console=console, progress=console.is_terminal)
+        else:
+            from idcscan.inference.cohort import run_cohort
+
+            report = run_cohort(
+                bundle, inputs, out_dir, options, cluster=cluster, shard=shard, console=console
+            )
     for w in caught:
         if issubclass(w.category, ScaleWarning):
             print_warning(str(w.message))
@@ -86,6 +100,8 @@ def slide(
         )
     if report.summary_csv is not None:
         out.print(f"Summary of all finished slides: {report.summary_csv}", highlight=False)
+    if getattr(report, "report_html", None) is not None:
+        out.print(f"Cohort report: {report.report_html}", highlight=False)
     print_disclaimer()
     if len(report.failed) == 1 and not report.done:
         raise IdcscanError(report.failed[0][1])

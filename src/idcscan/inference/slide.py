@@ -29,6 +29,7 @@ from idcscan import DISCLAIMER
 from idcscan.progress import progress_bar
 from idcscan.errors import IdcscanError
 from idcscan.inference.predictor import Predictor
+from idcscan.inference.slide_failures import clear_failure, read_failures, record_failure
 from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader, open_slide, resize
 from idcscan.inference.tiling import Prefetcher, TileGrid, iter_batches, plan_grid
 from idcscan.inference.tissue import TissueParams, tile_fractions, tissue_mask
@@ -354,19 +355,23 @@ def analyse_slide(
 
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(f".{name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for pattern in (f".{name}.partial-*", f".{name}.old-*"):
+        for stale in out_dir.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir / f".{name}.partial-{os.getpid()}"
     tmp.mkdir()
     try:
         summary = write_outputs(slide, tmp, timings_start=(t_start, t0))
         final = out_dir / name
-        if final.exists():
-            shutil.rmtree(final)
+        old = out_dir / f".{name}.old-{os.getpid()}"
+        if final.exists():  # moved aside whole (one rename), never half-deleted in place
+            final.rename(old)
         tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    clear_failure(out_dir, name)
     return summary
 
 
@@ -427,8 +432,13 @@ class RunReport:
     summary_csv: Path | None = None
 
 
+#: after the summary columns: ``ok`` or ``failed``, and why it failed
+STATUS_COLUMNS = ("status", "error")
+
+
 def write_summary_csv(out_dir: Path) -> Path | None:
-    """``summary.csv``: one row per finished slide folder in ``out_dir`` (all shards)."""
+    """``summary.csv``: one row per finished slide folder in ``out_dir`` (all shards), and one
+    per slide that failed (``status`` failed, ``error``) and has not been mapped since."""
     rows = []
     for summary_path in sorted(out_dir.glob(f"*/{SUMMARY_JSON}")):
         try:
@@ -437,13 +447,22 @@ def write_summary_csv(out_dir: Path) -> Path | None:
             summary = SlideSummary(**{k: data[k] for k in fields if k in data})
         except (json.JSONDecodeError, TypeError, KeyError):
             continue
-        rows.append(summary.csv_row())
+        rows.append({**summary.csv_row(), "status": "ok", "error": ""})
+    finished = {row["slide"] for row in rows}
+    for failure in read_failures(out_dir):
+        if failure["slide"] not in finished:
+            rows.append(
+                {"slide": failure["slide"], "path": failure.get("path", ""), "status": "failed",
+                 "error": failure.get("error", "")}
+            )  # fmt: skip
     if not rows:
         return None
+    rows.sort(key=lambda row: str(row["slide"]))
     target = out_dir / SUMMARY_CSV
     tmp = out_dir / f".{SUMMARY_CSV}.tmp-{os.getpid()}"
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(SlideSummary.CSV_COLUMNS))
+        columns = [*SlideSummary.CSV_COLUMNS, *STATUS_COLUMNS]
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(target)
@@ -483,6 +502,7 @@ def run_slides(
                 report.done.append(analyse_slide(predictor, path, out_dir, options, update))
             except IdcscanError as exc:
                 report.failed.append((path, str(exc)))
+                record_failure(out_dir, name, path, str(exc))
                 bar.remove_task(task)  # the caller reports the failure in words
     out_dir.mkdir(parents=True, exist_ok=True)
     report.summary_csv = write_summary_csv(out_dir)
