@@ -37,6 +37,13 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest accepted upload (MB)."),
     workers: int = typer.Option(1, min=1, help="Server processes (each loads the model)."),
     max_batch: int = typer.Option(32, min=1, help="Most patches scored in one model call."),
+    slides: Path | None = typer.Option(
+        None, help="Folder of whole slides to browse (searched recursively): a slide browser at "
+        "/browse and a deep-zoom viewer with the IDC map.",
+    ),
+    maps: Path | None = typer.Option(
+        None, help="Where maps made from the viewer are kept (default: ~/.cache/idcscan/maps).",
+    ),
 ) -> None:
     """Serve the dashboard and JSON API (/predict, /predict/batch, /health; docs at /docs).
     Research use only."""
@@ -46,6 +53,8 @@ def serve(
     from idcscan.server.state import ServerSettings
 
     loaded = load_bundle(bundle)  # refuse a bad bundle before binding anything
+    if slides is not None and not slides.is_dir():
+        raise IdcscanError(f"--slides {slides} is not a folder; give the folder of your slides.")
     _check_port(host, port)
     settings = ServerSettings(max_upload_mb=max_upload_mb, max_batch=max_batch)
     shown = f"[{host}]" if ":" in host else host
@@ -57,6 +66,11 @@ def serve(
         f"at [bold underline]http://{shown}:{port}/[/]  (API docs: http://{shown}:{port}/docs)",
         highlight=False,
     )
+    if slides is not None:
+        console.print(
+            f"Slides in [cyan]{slides}[/]: browse them at http://{shown}:{port}/browse",
+            highlight=False,
+        )
     print_disclaimer()
     if card.demo:
         console.print(
@@ -68,8 +82,18 @@ def serve(
     if workers == 1:
         from idcscan.server.app import create_app
 
-        uvicorn.run(create_app(loaded, settings=settings), host=host, port=port, log_level="info")
+        served = create_app(loaded, settings=settings)
+        if slides is not None:
+            from idcscan.server.viewer_routes import configure_viewer
+
+            configure_viewer(served, slides, maps)
+        uvicorn.run(served, host=host, port=port, log_level="info")
         return
+    if slides is not None:
+        from idcscan.server.viewer_routes import ENV_MAPS, ENV_SLIDES
+
+        os.environ[ENV_SLIDES] = str(slides.resolve())
+        os.environ[ENV_MAPS] = str(maps.resolve()) if maps else ""
     os.environ["IDCSCAN_SERVE_BUNDLE"] = str(Path(bundle).resolve())
     # Workers share the cores: each ONNX Runtime session gets its slice, not all of them.
     os.environ["IDCSCAN_SERVE_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))

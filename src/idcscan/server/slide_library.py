@@ -46,7 +46,8 @@ class SlideEntry:
     """What the browser lists about one slide file."""
 
     id: str
-    path: Path  # resolved, inside the root
+    path: Path  # resolved, inside the root: the only path ever opened
+    source: Path  # as found under the root (maybe a link), checked again at each open
     relpath: str
     name: str
     stamp: tuple[int, int]  # (size, mtime_ns) when scanned
@@ -147,7 +148,9 @@ class SlideLibrary:
     def _probe(self, path: Path, real: Path, relpath: str, stamp: tuple[int, int]) -> SlideEntry:
         digest = hashlib.sha256(f"{relpath}\0{stamp[0]}\0{stamp[1]}".encode()).hexdigest()[:16]
         name = path.parent.name if path.suffix.lower() == DICOM_SUFFIX else slide_name(path)
-        entry = SlideEntry(id=digest, path=real, relpath=relpath, name=name, stamp=stamp)
+        entry = SlideEntry(
+            id=digest, path=real, source=path, relpath=relpath, name=name, stamp=stamp
+        )
         try:
             with open_slide(real) as reader:
                 entry.width, entry.height = reader.dimensions
@@ -170,7 +173,8 @@ class SlideLibrary:
         if entry is None:
             self.scan()
             entry = self._entries.get(slide_id)
-        if entry is None or not entry.readable or self.inside(entry.path) is None:
+        # the name found at scan time must still lead to the same file inside the root
+        if entry is None or not entry.readable or self.inside(entry.source) != entry.path:
             raise SlideNotFound(f"There is no readable slide {slide_id!r}; see /api/slides.")
         return entry
 
