@@ -18,12 +18,13 @@ to the scales slide mode already works at:
 * **blur** (HistoQC ``BlurDetectionModule``: the mean absolute Laplacian of the grey image,
   below a threshold, is out of focus): judged per tile on the very pixels the model sees (the
   tile at the training scale), so a tile is refused exactly when the model would be shown a
-  blurred patch. Sharp Kaggle patches have a mean ``|Laplacian|`` of 19-69 (1st-95th
-  percentile); blurred by a 4 µm Gaussian, 3-12. The threshold is ``blur_laplacian``.
+  blurred patch, and only on its tissue pixels (flat glass beside sharp tissue is no blur).
+  Sharp Kaggle patches have a mean ``|Laplacian|`` of 19-69 (1st-95th percentile, whole
+  patch); blurred by a 4 µm Gaussian, 3-12. The threshold is ``blur_laplacian``.
 * **fold** (HistoQC ``LightDarkModule`` ``darktissue``): a doubled layer of tissue transmits
   the square of the light a single one does: it is markedly darker than the slide's own
   tissue and still stained. Flagged where the locally averaged grey level is below
-  ``fold_relative`` times the median grey of the tissue, saturation above
+  ``fold_relative`` times the tissue's 75th-percentile grey, saturation above
   ``fold_min_saturation``, in regions of at least ``fold_min_um2``.
 * **bubble** (HistoQC ``getIntensityThresholdPercent:bubble``: grey between 0.82 and 0.94
   with little local variation): pale, flat regions inside the tissue outline, at least
@@ -43,6 +44,12 @@ from PIL import Image
 from scipy import ndimage
 
 KINDS = ("pen", "blur", "fold", "bubble")
+#: blur is judged on a tile's pixels darker than this grey level (not glass), and only when
+#: they are at least this share of the tile
+BLUR_GLASS_GRAY = 220.0
+BLUR_MIN_TISSUE = 0.1
+#: folds are judged against this percentile of the tissue's grey levels
+FOLD_REFERENCE_PERCENTILE = 75
 KIND_CODES = {kind: code for code, kind in enumerate(KINDS, start=1)}
 #: colours of the QC layer (RGB), by kind
 KIND_COLORS = {
@@ -67,7 +74,7 @@ class QCParams:
     pen_min_um2: float = 2_000.0
     #: a tile whose mean |Laplacian| (grey 0-255, training scale) is below this is blurred
     blur_laplacian: float = 10.0
-    fold_relative: float = 0.6
+    fold_relative: float = 0.4
     fold_min_saturation: int = 60
     fold_min_um2: float = 20_000.0
     #: bubbles: grey level band (0-1, HistoQC's) and the largest local std (0-255)
@@ -117,12 +124,14 @@ def fold_mask(
     """Folded (doubled) tissue: much darker than the slide's tissue, still stained."""
     if not tissue.any():
         return np.zeros_like(tissue)
-    gray = ndimage.uniform_filter(_gray(rgb), size=3)
-    reference = float(np.median(gray[tissue]))
+    gray = ndimage.uniform_filter(_gray(rgb), size=5)
+    # the tissue's typical grey, robust to a fold covering up to half of it
+    reference = float(np.percentile(gray[tissue], FOLD_REFERENCE_PERCENTILE))
     dark = (gray < params.fold_relative * reference) & (
         _saturation(rgb) > params.fold_min_saturation
     )
-    return _drop_small(dark & tissue, params.fold_min_um2 / (mpp * mpp))
+    dark = ndimage.binary_closing(dark, iterations=2) & tissue
+    return _drop_small(dark, params.fold_min_um2 / (mpp * mpp))
 
 
 def bubble_mask(
@@ -171,7 +180,12 @@ def blurry(patches: np.ndarray, params: QCParams = QCParams()) -> np.ndarray:
         gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:]
         - 4.0 * gray[:, 1:-1, 1:-1]
     )
-    return lap.reshape(n, -1).mean(axis=1) < params.blur_laplacian
+    # judged on the tile's tissue only: flat glass beside sharp tissue is not blur
+    tissue = (gray[:, 1:-1, 1:-1] < BLUR_GLASS_GRAY).reshape(n, -1)
+    counts = tissue.sum(axis=1)
+    mean = (lap.reshape(n, -1) * tissue).sum(axis=1) / np.maximum(counts, 1)
+    judged = counts >= BLUR_MIN_TISSUE * tissue.shape[1]
+    return judged & (mean < params.blur_laplacian)
 
 
 def tile_kinds(
@@ -208,3 +222,44 @@ def qc_layer(labels: np.ndarray) -> Image.Image:
     image.putpalette(palette + [0, 0, 0] * (256 - len(palette) // 3))
     image.info["transparency"] = 0
     return image
+
+
+def screen_tiles(
+    thumb: np.ndarray, tissue: np.ndarray, xs: np.ndarray, ys: np.ndarray, tile: float,
+    scale: float, mpp: float, min_tissue: float, params: QCParams = QCParams(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which tiles slide mode scores, and which tissue tiles artefacts take away.
+
+    ``thumb``/``tissue``: the thumbnail and its tissue mask (``scale`` level-0 px per pixel,
+    ``mpp`` µm per level-0 px); ``xs``/``ys``: every tile's corner, ``tile`` its side (level-0
+    px). A tile is tissue when ``min_tissue`` of it is tissue; it is scored when that still
+    holds with the artefacts taken away and less than ``params.min_artefact_fraction`` of it
+    is artefact. Returns (scored tile indices, left-out tile indices,
+    their kind codes, the label image).
+    """
+    from idcscan.inference.tissue import tile_fractions
+
+    tissue_tiles = np.flatnonzero(tile_fractions(tissue, xs, ys, tile, scale) >= min_tissue)
+    labels = artefact_labels(thumb, tissue, mpp * scale, params)
+    tx, ty = xs[tissue_tiles], ys[tissue_tiles]
+    clean = tile_fractions(tissue & (labels == 0), tx, ty, tile, scale) >= min_tissue
+    # a tile partly under ink or a fold still shows it to the model: out, too
+    clean &= tile_fractions(labels > 0, tx, ty, tile, scale) < params.min_artefact_fraction
+    left_out = tissue_tiles[~clean]
+    kinds = tile_kinds(labels, xs[left_out], ys[left_out], tile, scale, 1e-9)
+    return tissue_tiles[clean], left_out, kinds, labels
+
+
+def paint_tiles(
+    labels: np.ndarray, tissue: np.ndarray, tiles: np.ndarray, cols: int, stride: int,
+    tile: int, scale: float, code: int,
+) -> None:
+    """Mark tiles' tissue in the label image with ``code`` (where no other artefact is)."""
+    h, w = labels.shape
+    rows, tcols = np.divmod(tiles, cols)
+    for r, c in zip(rows.tolist(), tcols.tolist()):
+        x0, y0 = round(c * stride / scale), round(r * stride / scale)
+        x1 = min(w, max(x0 + 1, round((c * stride + tile) / scale)))
+        y1 = min(h, max(y0 + 1, round((r * stride + tile) / scale)))
+        box = labels[y0:y1, x0:x1]
+        box[(box == 0) & tissue[y0:y1, x0:x1]] = code

@@ -29,10 +29,10 @@ from idcscan import DISCLAIMER
 from idcscan.progress import progress_bar
 from idcscan.errors import IdcscanError
 from idcscan.inference.predictor import Predictor
-from idcscan.inference.qc import KIND_CODES, KINDS, QCParams, artefact_labels, blurry, tile_kinds
+from idcscan.inference.qc import KIND_CODES, KINDS, QCParams, blurry, paint_tiles, screen_tiles
 from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader, open_slide, resize
 from idcscan.inference.tiling import Prefetcher, TileGrid, iter_batches, plan_grid
-from idcscan.inference.tissue import TissueParams, tile_fractions, tissue_mask
+from idcscan.inference.tissue import TissueParams, tissue_mask
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -293,19 +293,13 @@ def map_slide(
     scale_x = grid.width / mask_source.shape[1]
     mask, sat_threshold = tissue_mask(mask_source, mpp * scale_x, options.tissue)
     xs, ys = grid.origins()
-    fractions = tile_fractions(mask, xs, ys, grid.tile, scale_x)
-    min_share = options.tissue.min_tissue_fraction
-    tissue_tiles = np.flatnonzero(fractions >= min_share)
     # artefact QC on the same pixels: tissue tiles that are not tissue enough once ink,
     # folds and bubbles are taken away are left out, with the kind that covers most of them
-    labels = artefact_labels(mask_source, mask, mpp * scale_x, options.qc)
-    clean = tile_fractions(mask & (labels == 0), xs[tissue_tiles], ys[tissue_tiles],
-                           grid.tile, scale_x) >= min_share  # fmt: skip
-    tile_index = tissue_tiles[clean]
-    qc_index = [tissue_tiles[~clean]]
-    qc_kind = [
-        tile_kinds(labels, xs[qc_index[0]], ys[qc_index[0]], grid.tile, scale_x, 1e-9)
-    ]
+    tile_index, left_out, kinds, labels = screen_tiles(
+        mask_source, mask, xs, ys, grid.tile, scale_x, mpp, options.tissue.min_tissue_fraction,
+        options.qc,
+    )  # fmt: skip
+    qc_index, qc_kind = [left_out], [kinds]
     t_tissue = time.perf_counter() - t0
 
     probabilities = np.empty(len(tile_index), dtype=np.float64)
@@ -337,7 +331,9 @@ def map_slide(
     order = np.argsort(np.concatenate(qc_index), kind="stable")
     qc_tiles = np.concatenate(qc_index)[order]
     qc_kinds = np.concatenate(qc_kind)[order]
-    _paint_tiles(labels, mask, qc_tiles[qc_kinds == KIND_CODES["blur"]], grid, scale_x)
+    blur = KIND_CODES["blur"]
+    paint_tiles(labels, mask, qc_tiles[qc_kinds == blur], grid.cols, grid.stride, grid.tile,
+                scale_x, blur)  # fmt: skip
 
     cells = grid.cell_means(tile_index, probabilities)
     return SlideMap(
@@ -372,20 +368,6 @@ def map_slide(
             "map": time.perf_counter() - t_start,
         },
     )
-
-
-def _paint_tiles(
-    labels: np.ndarray, tissue: np.ndarray, tiles: np.ndarray, grid: TileGrid, scale: float
-) -> None:
-    """Mark blurred tiles' tissue in the QC labels (where no other artefact is)."""
-    h, w = labels.shape
-    rows, cols = np.divmod(tiles, grid.cols)
-    for r, c in zip(rows.tolist(), cols.tolist()):
-        x0, y0 = round(c * grid.stride / scale), round(r * grid.stride / scale)
-        x1 = min(w, max(x0 + 1, round((c * grid.stride + grid.tile) / scale)))
-        y1 = min(h, max(y0 + 1, round((r * grid.stride + grid.tile) / scale)))
-        box = labels[y0:y1, x0:x1]
-        box[(box == 0) & tissue[y0:y1, x0:x1]] = KIND_CODES["blur"]
 
 
 def slide_name(path: str | Path) -> str:

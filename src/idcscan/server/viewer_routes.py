@@ -50,7 +50,10 @@ def default_maps_dir() -> Path:
 class Viewer:
     """What the viewer routes share: the slide library, the map store, small thumbnails."""
 
-    def __init__(self, slides: str | Path, maps: str | Path, predictor: Predictor) -> None:
+    def __init__(
+        self, slides: str | Path, maps: str | Path, predictor: Predictor, demo: bool = False
+    ) -> None:
+        self.demo = demo
         self.library = SlideLibrary(slides)
         self.maps = MapStore(maps, predictor)
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
@@ -75,7 +78,8 @@ class Viewer:
 
 def configure_viewer(app: Any, slides: str | Path, maps: str | Path | None = None) -> Viewer:
     """Serve the slides under ``slides`` from ``app`` (made by ``create_app``)."""
-    viewer = Viewer(slides, maps or default_maps_dir(), app.state.idcscan.predictor)
+    state = app.state.idcscan
+    viewer = Viewer(slides, maps or default_maps_dir(), state.predictor, demo=state.demo)
     app.state.idcscan_viewer = viewer
     return viewer
 
@@ -149,7 +153,7 @@ def _with_map(viewer: Viewer, entry: SlideEntry) -> dict[str, Any]:
     if folder is not None:
         item["map"]["summary"] = json.loads((folder / "summary.json").read_text())
     item["disclaimer"] = DISCLAIMER
-    item["demo"] = bool(viewer.maps.predictor.card.demo)
+    item["demo"] = viewer.demo
     return item
 
 
