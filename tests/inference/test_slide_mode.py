@@ -159,8 +159,12 @@ def test_idc_is_mapped_where_it_was_painted(mapped: Path) -> None:
     folder = mapped / "scan"
     assert {p.name for p in folder.iterdir()} == {
         "heatmap.png", "tissue.png", "tiles.csv", "idc.geojson", "summary.json",
+        "qc_mask.png", "qc_tiles.csv",
     }  # fmt: skip
     summary = json.loads((folder / "summary.json").read_text())
+    # a clean slide: artefact QC leaves every tissue tile in
+    assert summary["qc_excluded_mm2"] == 0.0
+    assert summary["qc_tiles"] == {"pen": 0, "blur": 0, "fold": 0, "bubble": 0}
     assert summary["tile_size"] == 800 and summary["level"] == 3
     assert summary["mpp"] == pytest.approx(MPP) and summary["mpp_source"] == "metadata"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def serve(
     access_log: bool = typer.Option(
         False, "--access-log/--no-access-log", help="Log one line per request."
     ),
+    slides: Path | None = typer.Option(
+        None, help="Folder of whole slides to browse (searched recursively): a slide browser at "
+        "/browse and a deep-zoom viewer with the IDC map.",
+    ),
+    maps: Path | None = typer.Option(
+        None, help="Where maps made from the viewer are kept (default: ~/.cache/idcscan/maps).",
+    ),
 ) -> None:
     """Serve the dashboard and JSON API (/predict, /predict/batch, /health; docs at /docs).
     Research use only."""
@@ -48,8 +56,17 @@ def serve(
     from idcscan.server.state import ServerSettings
 
     loaded = load_bundle(bundle)  # refuse a bad bundle before binding anything
+    if slides is not None and not slides.is_dir():
+        raise IdcscanError(f"--slides {slides} is not a folder; give the folder of your slides.")
     _check_port(host, port)
     settings = ServerSettings(max_upload_mb=max_upload_mb, max_batch=max_batch)
+    if slides is not None:
+        # Map jobs and their progress live in the serving process; one process keeps a
+        # browser's "map this slide" and its progress bar talking to the same job.
+        if workers > 1:
+            raise IdcscanError("--slides serves from one process (its map jobs live there); "
+                               "drop --workers or set --workers 1.")
+        workers = 1
     workers = workers or default_workers()
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
@@ -61,6 +78,11 @@ def serve(
         f", {workers} worker process{'es' if workers > 1 else ''}",
         highlight=False,
     )
+    if slides is not None:
+        console.print(
+            f"Slides in [cyan]{slides}[/]: browse them at http://{shown}:{port}/browse",
+            highlight=False,
+        )
     print_disclaimer()
     if card.demo:
         console.print(
@@ -68,4 +90,10 @@ def serve(
             "synthetic data: its answers say nothing about real tissue.[/]",
             highlight=False,
         )
+    if slides is not None:
+        from idcscan.server.viewer_routes import ENV_MAPS, ENV_SLIDES
+
+        # Every server process builds its viewer from these (see viewer_routes.get_viewer).
+        os.environ[ENV_SLIDES] = str(slides.resolve())
+        os.environ[ENV_MAPS] = str(maps.resolve()) if maps else ""
     run_server(loaded, host, port, settings, workers=workers, access_log=access_log)

@@ -29,10 +29,11 @@ from idcscan import DISCLAIMER
 from idcscan.progress import progress_bar
 from idcscan.errors import IdcscanError
 from idcscan.inference.predictor import Predictor
+from idcscan.inference.qc import KIND_CODES, KINDS, QCParams, blurry, paint_tiles, screen_tiles
 from idcscan.inference.slide_failures import clear_failure, read_failures, record_failure
 from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader, open_slide, resize
 from idcscan.inference.tiling import Prefetcher, TileGrid, iter_batches, plan_grid
-from idcscan.inference.tissue import TissueParams, tile_fractions, tissue_mask
+from idcscan.inference.tissue import TissueParams, tissue_mask
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -71,6 +72,8 @@ class SlideOptions:
     threshold: float | None = None
     tissue: TissueParams = field(default_factory=TissueParams)
     prefetch: int = 2
+    #: artefact QC (pen, blur, fold, bubble) before scoring; see ``idcscan.inference.qc``
+    qc: QCParams = field(default_factory=QCParams)
 
 
 @dataclass
@@ -100,6 +103,10 @@ class SlideSummary:
     model: dict[str, str]
     tissue: dict[str, Any]
     demo: bool = False  # made by a demo bundle trained on synthetic data: means nothing
+    #: tissue left out by artefact QC (pen, blur, fold, bubble), in mm², and in tiles by kind
+    qc_excluded_mm2: float = 0.0
+    qc_tiles: dict[str, int] = field(default_factory=dict)
+    qc: dict[str, Any] = field(default_factory=dict)
     disclaimer: str = DISCLAIMER
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,7 +117,7 @@ class SlideSummary:
         "slide", "path", "width", "height", "mpp", "mpp_source", "level", "tile_size",
         "stride", "n_tiles", "n_idc_tiles", "tissue_area_mm2", "idc_area_mm2",
         "idc_fraction", "n_regions", "threshold", "tta", "time_total_s", "model",
-        "model_sha256", "demo",
+        "model_sha256", "demo", "qc_excluded_mm2",
     )  # fmt: skip
 
     def csv_row(self) -> dict[str, Any]:
@@ -143,6 +150,16 @@ class SlideMap:
     tissue_params: TissueParams
     timings: dict[str, float] = field(default_factory=dict)
     demo: bool = False
+    #: artefact QC: labels over the tissue mask's pixels (``qc.KIND_CODES``; blurred tiles
+    #: painted in), and the tissue tiles it left out with the code of each one's artefact
+    qc_labels: np.ndarray | None = None
+    qc_tile_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    qc_tile_kind: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))
+    qc_params: QCParams = field(default_factory=QCParams)
+
+    def qc_origins(self) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = np.divmod(self.qc_tile_index, self.grid.cols)
+        return cols * self.grid.stride, rows * self.grid.stride
 
     @property
     def thumb_downsample(self) -> tuple[float, float]:
@@ -188,19 +205,37 @@ class SlideMap:
             model=self.model,
             tissue={**self.tissue_params.to_dict(), "saturation_threshold": self.tissue_threshold},
             demo=self.demo,
+            qc_excluded_mm2=round(
+                len(self.qc_tile_index) * (self.grid.stride * self.mpp) ** 2 / 1e6, 6
+            ),
+            qc_tiles={
+                kind: int(np.count_nonzero(self.qc_tile_kind == KIND_CODES[kind]))
+                for kind in KINDS
+            },
+            qc=self.qc_params.to_dict(),
         )
 
 
 def resolve_mpp(
     reader: SlideReader, fallback: float | None, training_mpp: float
 ) -> tuple[float, str]:
-    """The slide's level-0 µm/px: its metadata, else ``--mpp``, else the training scale."""
+    """The slide's level-0 µm/px: its metadata, else ``--mpp``, else the training scale.
+
+    Only plain pictures (PNG, JPEG; ``idcscan mosaic`` output) may fall back to the training
+    scale, with a warning: a whole-slide file without a scale is refused (its scale could
+    be anything from 0.1 to 20 µm/px; a guess would silently give a wrong map).
+    """
     if reader.mpp is not None:
         return float(reader.mpp), "metadata"
     if fallback is not None:
         if fallback <= 0:
             raise IdcscanError(f"--mpp must be positive, got {fallback}.")
         return float(fallback), "option"
+    if reader.backend in ("tiffslide", "openslide") and reader.level_count > 1:
+        raise IdcscanError(
+            f"{reader.name} carries no scale (µm/px) a microscope would give; pass --mpp "
+            "(µm per pixel of its full resolution) to map it."
+        )
     warnings.warn(
         f"{reader.name} carries no scale (µm/px); assuming it is already at the training scale "
         f"({training_mpp:g} µm/px). Pass --mpp if it is not.",
@@ -262,11 +297,17 @@ def map_slide(
     scale_x = grid.width / mask_source.shape[1]
     mask, sat_threshold = tissue_mask(mask_source, mpp * scale_x, options.tissue)
     xs, ys = grid.origins()
-    fractions = tile_fractions(mask, xs, ys, grid.tile, scale_x)
-    tile_index = np.flatnonzero(fractions >= options.tissue.min_tissue_fraction)
+    # artefact QC on the same pixels: tissue tiles that are not tissue enough once ink,
+    # folds and bubbles are taken away are left out, with the kind that covers most of them
+    tile_index, left_out, kinds, labels = screen_tiles(
+        mask_source, mask, xs, ys, grid.tile, scale_x, mpp, options.tissue.min_tissue_fraction,
+        options.qc,
+    )  # fmt: skip
+    qc_index, qc_kind = [left_out], [kinds]
     t_tissue = time.perf_counter() - t0
 
     probabilities = np.empty(len(tile_index), dtype=np.float64)
+    sharp = np.ones(len(tile_index), dtype=bool)
     done = 0
     t_infer = 0.0
     if on_progress:
@@ -279,6 +320,7 @@ def map_slide(
         probs = predictor.predict_proba(batch.patches, tta=options.tta)
         t_infer += time.perf_counter() - t0
         probabilities[done : done + len(probs)] = probs
+        sharp[done : done + len(probs)] = ~blurry(batch.patches, options.qc)
         done += len(probs)
         if on_progress:
             on_progress(done, len(tile_index))
@@ -286,6 +328,16 @@ def map_slide(
         raise IdcscanError(
             f"Reading {reader.name} stopped after {done} of {len(tile_index)} tiles."
         )
+
+    qc_index.append(tile_index[~sharp])
+    qc_kind.append(np.full(int(np.count_nonzero(~sharp)), KIND_CODES["blur"], dtype=np.uint8))
+    tile_index, probabilities = tile_index[sharp], probabilities[sharp]
+    order = np.argsort(np.concatenate(qc_index), kind="stable")
+    qc_tiles = np.concatenate(qc_index)[order]
+    qc_kinds = np.concatenate(qc_kind)[order]
+    blur = KIND_CODES["blur"]
+    paint_tiles(labels, mask, qc_tiles[qc_kinds == blur], grid.cols, grid.stride, grid.tile,
+                scale_x, blur)  # fmt: skip
 
     cells = grid.cell_means(tile_index, probabilities)
     return SlideMap(
@@ -309,6 +361,10 @@ def map_slide(
             "sha256": card.onnx_sha256,
         },
         tissue_params=options.tissue,
+        qc_labels=labels,
+        qc_tile_index=qc_tiles,
+        qc_tile_kind=qc_kinds,
+        qc_params=options.qc,
         timings={
             "read": prefetch.read_seconds,
             "tissue": t_tissue,

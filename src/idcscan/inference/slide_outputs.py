@@ -5,6 +5,9 @@
                    ``objectType``/``classification`` properties QuPath imports as annotations
 ``heatmap.png``    P(IDC) over the thumbnail, colour bar, IDC outlines, the disclaimer
 ``tissue.png``     the thumbnail with what was not treated as tissue dimmed in blue
+``qc_mask.png``    artefact QC labels over the tissue mask's pixels (palette PNG: value 0
+                   clean, 1 pen, 2 blur, 3 fold, 4 bubble; coloured, 0 transparent)
+``qc_tiles.csv``   x, y, kind: tissue tiles artefact QC left out (not in tiles.csv)
 ``summary.json``   see ``SlideSummary``
 """
 
@@ -24,6 +27,7 @@ from scipy import ndimage
 
 from idcscan import DISCLAIMER
 from idcscan.inference.polygons import GridPolygon, mask_polygons
+from idcscan.inference.qc import KINDS, qc_layer
 from idcscan.inference.slide import SUMMARY_JSON, SlideMap, SlideSummary
 
 IDC_COLOR = (230, 25, 75)
@@ -194,6 +198,20 @@ def write_tiles_csv(slide: SlideMap, path: Path) -> None:
             writer.writerow([x, y, f"{p:.6f}"])
 
 
+def write_qc(slide: SlideMap, directory: Path) -> None:
+    """qc_mask.png and qc_tiles.csv: what artefact QC left out, and why."""
+    labels = slide.qc_labels
+    if labels is None:
+        labels = np.zeros(slide.tissue.shape, dtype=np.uint8)
+    qc_layer(labels).save(directory / "qc_mask.png", optimize=True)
+    xs, ys = slide.qc_origins()
+    with open(directory / "qc_tiles.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["x", "y", "kind"])
+        for x, y, k in zip(xs.tolist(), ys.tolist(), slide.qc_tile_kind.tolist()):
+            writer.writerow([x, y, KINDS[k - 1]])
+
+
 def write_outputs(
     slide: SlideMap, directory: Path, timings_start: tuple[float, float] | None = None
 ) -> SlideSummary:
@@ -208,6 +226,7 @@ def write_outputs(
         heatmap_figure_png(slide, polygons, n_idc / n_tiles if n_tiles else 0.0)
     )
     tissue_image(slide).save(directory / "tissue.png", compress_level=3)
+    write_qc(slide, directory)
     now = time.perf_counter()
     start, write_start = timings_start or (t_write - slide.timings.get("map", 0.0), t_write)
     slide.timings["write"] = now - write_start

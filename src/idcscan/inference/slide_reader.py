@@ -257,7 +257,7 @@ class TiffSlideReader(_PyramidReader):
                 "Is the file complete and in a supported format?"
             ) from exc
         self._mpp = _mpp_from_properties(props, "tiffslide.mpp-x", "tiffslide.mpp-y")
-        self.format = str(props.get("tiffslide.vendor", "tiff"))
+        self.format = str(props.get("tiffslide.vendor") or "tiff")
 
     def _read_level(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         # tiffslide maps level-0 locations to level pixels with int(x / ds); ceil(lx * ds)
@@ -298,7 +298,7 @@ class OpenSlideReader(_PyramidReader):
         self._mpp = _mpp_from_properties(
             self._slide.properties, openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y
         )
-        self.format = str(self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR, ""))
+        self.format = str(self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR) or "openslide")
 
     def _read_level(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         ds = self._downsamples[level]

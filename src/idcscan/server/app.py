@@ -442,6 +442,9 @@ def create_app(
 
     app.include_router(slide_router)
     app.include_router(card_router)
+    from idcscan.server.viewer_routes import router as viewer_router
+
+    app.include_router(viewer_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
 

@@ -1,0 +1,145 @@
+"""Deep-zoom tile server under load: tile latency and server memory while clients browse.
+
+    python benchmarks/deepzoom_load.py BUNDLE [--side 50000] [--clients 8] [--tiles 2000]
+
+Writes a ``--side`` x ``--side`` pyramidal TIFF (``idcscan.data.synthetic_slide``: tiled,
+4x pyramid, mostly glass with three pieces of tissue) into a temporary folder, starts
+``idcscan serve BUNDLE --slides DIR`` as a user does (a subprocess on a free loopback port),
+then ``--clients`` threads fetch ``--tiles`` random Deep Zoom tiles between them: a level
+drawn uniformly from the top 8 (what a person zooming about asks for; the deepest levels hold
+most tiles), then a random tile of it. Prints tiles/s, latency p50/p90/p99 and the server's
+resident memory (VmRSS, sampled every 50 ms; its peak, the model included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_load import free_port, idcscan_command, stop_server  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def main() -> int:
+    import subprocess
+
+    from idcscan.data.synthetic_slide import write_synthetic_wsi
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--side", type=int, default=50_000)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--tiles", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="idcscan-dz-") as tmp:
+        slides = Path(tmp) / "slides"
+        slides.mkdir()
+        t0 = time.perf_counter()
+        path = write_synthetic_wsi(slides / "big.tif", args.side, args.side, mpp=0.25)
+        print(f"wrote {args.side} x {args.side} px pyramidal TIFF "
+              f"({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
+        port = free_port()
+        cmd = idcscan_command() + ["serve", str(args.bundle), "--port", str(port),
+                                   "--slides", str(slides), "--maps", str(Path(tmp) / "maps")]
+        log = Path(tmp) / "serve.log"
+        proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    if httpx.get(base + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"idcscan serve did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.25)
+            slide = httpx.get(base + "/api/slides", timeout=60).json()[0]
+            sid = slide["id"]
+            httpx.get(f"{base}/slides/{sid}.dzi", timeout=60)
+            rss_idle = rss_mb(proc.pid)
+
+            top = math.ceil(math.log2(args.side))
+            rng = np.random.default_rng(args.seed)
+            urls = []
+            for _ in range(args.tiles):
+                level = int(rng.integers(top - 7, top + 1))
+                n = math.ceil(math.ceil(args.side / 2 ** (top - level)) / 254)
+                col, row = rng.integers(0, n, 2)
+                urls.append(f"{base}/slides/{sid}_files/{level}/{col}_{row}.jpeg")
+
+            latencies: list[float] = []
+            errors = [0]
+            peak = [rss_idle]
+            done = threading.Event()
+            lock = threading.Lock()
+
+            def sample() -> None:
+                while not done.is_set():
+                    peak[0] = max(peak[0], rss_mb(proc.pid))
+                    time.sleep(0.05)
+
+            def client(part: list[str]) -> None:
+                with httpx.Client(timeout=60) as c:
+                    for url in part:
+                        t = time.perf_counter()
+                        r = c.get(url)
+                        dt = time.perf_counter() - t
+                        with lock:
+                            latencies.append(dt * 1000)
+                            if r.status_code != 200:
+                                errors[0] += 1
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            threads = [threading.Thread(target=client, args=(urls[i :: args.clients],))
+                       for i in range(args.clients)]  # fmt: skip
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            done.set()
+            sampler.join()
+        finally:
+            stop_server(proc)
+
+    lat = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))]
+
+    print(f"\n$ {' '.join(cmd[:2])} serve BUNDLE --slides DIR  ({args.clients} clients, "
+          f"{args.tiles} random tiles of levels {top - 7}-{top})")
+    print("| slide | clients | tiles | errors | tiles/s | p50 ms | p90 ms | p99 ms | mean ms "
+          "| RSS idle MB | RSS peak MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| {args.side:,} x {args.side:,} | {args.clients} | {len(lat)} | {errors[0]} | "
+          f"{len(lat) / wall:.0f} | {pct(0.5):.1f} | {pct(0.9):.1f} | {pct(0.99):.1f} | "
+          f"{statistics.fmean(lat):.1f} | {rss_idle:.0f} | {peak[0]:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""The slides under one folder, as the viewer sees them: opaque ids, metadata, open readers.
+
+``SlideLibrary(root)`` walks ``root`` recursively for every format the slide readers take
+(``slide_reader.SUPPORTED_SUFFIXES``). Every file is opened once to learn its size, scale and
+format, and a tiny region is decoded, so a damaged file is listed with a one-line error
+rather than breaking the browser later. A DICOM WSI is one series spread over several
+``.dcm`` files in one folder: it is listed once (OpenSlide finds the other files itself).
+
+Ids are a hash of the path relative to ``root`` (and the file's size and time, so a replaced
+file is a new slide): they are looked up in the table made by the scan and never turned back
+into a path, so no request can name a file. Symbolic links are followed only when their
+target is inside ``root``, checked again each time a slide is opened.
+
+Readers are kept open in a small LRU cache shared by all requests (``max_open``); a reader
+evicted while a request still uses it is closed when that request lets go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from idcscan.errors import IdcscanError
+from idcscan.inference.deepzoom import DeepZoom
+from idcscan.inference.slide import slide_name
+from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader, open_slide
+
+DICOM_SUFFIX = ".dcm"
+
+
+def one_line(message: str) -> str:
+    """A message on one line (decoders put newlines and long dumps into their errors)."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+@dataclass
+class SlideEntry:
+    """What the browser lists about one slide file."""
+
+    id: str
+    path: Path  # resolved, inside the root: the only path ever opened
+    source: Path  # as found under the root (maybe a link), checked again at each open
+    relpath: str
+    name: str
+    stamp: tuple[int, int]  # (size, mtime_ns) when scanned
+    width: int | None = None
+    height: int | None = None
+    mpp: float | None = None
+    format: str | None = None
+    levels: int | None = None
+    error: str | None = None
+
+    @property
+    def readable(self) -> bool:
+        return self.error is None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "path": self.relpath,
+            "width": self.width,
+            "height": self.height,
+            "mpp": self.mpp,
+            "format": self.format,
+            "levels": self.levels,
+            "error": self.error,
+        }
+
+
+@dataclass
+class _Open:
+    reader: SlideReader
+    zoom: DeepZoom
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+    evicted: bool = False
+
+
+class SlideLibrary:
+    """Thread-safe catalogue of the slides under ``root`` with a bounded reader cache."""
+
+    def __init__(self, root: str | Path, max_open: int = 16) -> None:
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise IdcscanError(f"--slides {root} is not a folder; give the folder of your slides.")
+        self.root = root_path.resolve()
+        self.max_open = max(1, max_open)
+        self._entries: dict[str, SlideEntry] = {}
+        self._by_key: dict[tuple[str, tuple[int, int]], SlideEntry] = {}
+        self._scan_lock = threading.Lock()
+        self._cache: OrderedDict[str, _Open] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # -- scanning ---------------------------------------------------------------------
+    def inside(self, path: Path) -> Path | None:
+        """``path`` resolved (links followed) if it lies inside the root, else None."""
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        return real if real == self.root or self.root in real.parents else None
+
+    def _candidates(self) -> Iterator[Path]:
+        dicom_dirs: set[Path] = set()
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                if fname.startswith("."):
+                    continue
+                path = Path(dirpath) / fname
+                suffix = path.suffix.lower()
+                if suffix not in SUPPORTED_SUFFIXES:
+                    continue
+                if suffix == DICOM_SUFFIX:
+                    if path.parent in dicom_dirs:
+                        continue  # one series per folder: OpenSlide opens the rest itself
+                    dicom_dirs.add(path.parent)
+                yield path
+
+    def scan(self) -> list[SlideEntry]:
+        """Walk the root again; files seen before (same size and time) are not reopened."""
+        with self._scan_lock:
+            entries: dict[str, SlideEntry] = {}
+            for path in self._candidates():
+                real = self.inside(path)
+                if real is None or not real.is_file():
+                    continue  # a link out of the root, or a dangling one
+                st = real.stat()
+                stamp = (st.st_size, st.st_mtime_ns)
+                relpath = path.relative_to(self.root).as_posix()
+                entry = self._by_key.get((relpath, stamp))
+                if entry is None:
+                    entry = self._probe(path, real, relpath, stamp)
+                    self._by_key[(relpath, stamp)] = entry
+                entries[entry.id] = entry
+            self._entries = entries
+            return list(entries.values())
+
+    def _probe(self, path: Path, real: Path, relpath: str, stamp: tuple[int, int]) -> SlideEntry:
+        digest = hashlib.sha256(f"{relpath}\0{stamp[0]}\0{stamp[1]}".encode()).hexdigest()[:16]
+        name = path.parent.name if path.suffix.lower() == DICOM_SUFFIX else slide_name(path)
+        entry = SlideEntry(
+            id=digest, path=real, source=path, relpath=relpath, name=name, stamp=stamp
+        )
+        try:
+            with open_slide(real) as reader:
+                entry.width, entry.height = reader.dimensions
+                entry.mpp = reader.mpp
+                entry.format = str(getattr(reader, "format", reader.backend))
+                entry.levels = reader.level_count
+                coarsest = reader.level_count - 1
+                lw, lh = reader.level_dimensions[coarsest]
+                reader.read_level(coarsest, lw // 2, lh // 2, 1, 1)  # can pixels be decoded?
+        except IdcscanError as exc:
+            entry.error = one_line(str(exc).replace(str(real), relpath))
+        return entry
+
+    def entries(self) -> list[SlideEntry]:
+        return self.scan()
+
+    def get(self, slide_id: str) -> SlideEntry:
+        """The readable slide with this id; unknown, unreadable or escaped ids are 404s."""
+        entry = self._entries.get(slide_id)
+        if entry is None:
+            self.scan()
+            entry = self._entries.get(slide_id)
+        # the name found at scan time must still lead to the same file inside the root
+        if entry is None or not entry.readable or self.inside(entry.source) != entry.path:
+            raise SlideNotFound(f"There is no readable slide {slide_id!r}; see /api/slides.")
+        return entry
+
+    # -- open readers -----------------------------------------------------------------
+    @contextmanager
+    def open(self, slide_id: str) -> Iterator[_Open]:
+        """An open reader and its Deep Zoom pyramid, shared with other requests."""
+        entry = self.get(slide_id)
+        with self._cache_lock:
+            handle = self._cache.get(slide_id)
+            if handle is not None:
+                self._cache.move_to_end(slide_id)
+                handle.users += 1
+        if handle is None:
+            reader = open_slide(entry.path)  # outside the lock: opening may take a while
+            fresh = _Open(reader=reader, zoom=DeepZoom(reader), users=1)
+            with self._cache_lock:
+                handle = self._cache.get(slide_id)
+                if handle is None:
+                    handle = fresh
+                    self._cache[slide_id] = handle
+                    while len(self._cache) > self.max_open:
+                        _, old = self._cache.popitem(last=False)
+                        old.evicted = True
+                        if old.users == 0:
+                            old.reader.close()
+                else:  # another request opened it meanwhile
+                    handle.users += 1
+                    reader.close()
+        try:
+            yield handle
+        finally:
+            with self._cache_lock:
+                handle.users -= 1
+                if handle.evicted and handle.users == 0:
+                    handle.reader.close()
+
+    @property
+    def open_count(self) -> int:
+        with self._cache_lock:
+            return len(self._cache)
+
+    def close(self) -> None:
+        with self._cache_lock:
+            for handle in self._cache.values():
+                handle.evicted = True
+                if handle.users == 0:
+                    handle.reader.close()
+            self._cache.clear()
+
+
+class SlideNotFound(IdcscanError):
+    """A slide id that names no readable slide under the root (answered with 404)."""

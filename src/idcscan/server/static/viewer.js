@@ -1,0 +1,263 @@
+// The deep-zoom viewer: OpenSeadragon over /slides/{id}.dzi, the IDC map and QC layers on top,
+// region outlines (SVG), a µm scale bar and P(IDC) under the cursor. Research use only.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const slideId = params.get("slide") || "";
+const api = (path) => `/api/slides/${encodeURIComponent(slideId)}${path}`;
+const layerUrl = (name) => `/slides/${encodeURIComponent(slideId)}/map/${name}`;
+const $ = (id) => document.getElementById(id);
+
+let viewer = null;
+let info = null;
+let grid = null;
+let mapItem = null;
+let qcItem = null;
+let svg = null;
+let outlines = null;
+
+function showError(message) {
+  const banner = $("viewer-error");
+  banner.textContent = message;
+  banner.hidden = false;
+}
+
+function facts(el, pairs) {
+  el.replaceChildren();
+  for (const [k, v] of pairs) {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    el.append(dt, dd);
+  }
+}
+
+async function getJSON(url, options) {
+  const res = await fetch(url, options);
+  let body = null;
+  try { body = await res.json(); } catch (e) { /* not JSON */ }
+  if (!res.ok) throw new Error((body && body.error) || `HTTP ${res.status}`);
+  return body;
+}
+
+// ---------------------------------------------------------------------- scale bar
+const NICE = [1, 2, 5];
+function updateScaleBar() {
+  if (!viewer || !info || !info.mpp || viewer.world.getItemCount() === 0) return;
+  const item = viewer.world.getItemAt(0);
+  const zoom = item.viewportToImageZoom(viewer.viewport.getZoom(true)); // screen px per image px
+  const umPerScreenPx = info.mpp / zoom;
+  const target = 120 * umPerScreenPx;
+  const exp = Math.pow(10, Math.floor(Math.log10(target)));
+  let length = exp;
+  for (const n of NICE) if (n * exp <= target) length = n * exp;
+  const px = length / umPerScreenPx;
+  $("scalebar-bar").style.width = `${px.toFixed(0)}px`;
+  $("scalebar-label").textContent = length >= 1000 ? `${length / 1000} mm` : `${length} µm`;
+  $("scalebar").hidden = false;
+}
+
+// ------------------------------------------------------------------ outlines (SVG)
+function buildOutlines(collection) {
+  const ns = "http://www.w3.org/2000/svg";
+  svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "idc-outlines");
+  Object.assign(svg.style, { position: "absolute", inset: "0", width: "100%", height: "100%", pointerEvents: "none" });
+  outlines = document.createElementNS(ns, "g");
+  svg.append(outlines);
+  const w = info.width;
+  for (const feature of collection.features || []) {
+    for (const ring of feature.geometry.coordinates) {
+      const poly = document.createElementNS(ns, "polygon");
+      poly.setAttribute("points", ring.map(([x, y]) => `${x / w},${y / w}`).join(" "));
+      poly.setAttribute("fill", "none");
+      poly.setAttribute("stroke", "#22d3ee");
+      poly.setAttribute("vector-effect", "non-scaling-stroke");
+      poly.setAttribute("stroke-width", "2");
+      outlines.append(poly);
+    }
+  }
+  viewer.canvas.append(svg);
+  placeOutlines();
+}
+
+function placeOutlines() {
+  if (!outlines) return;
+  const origin = viewer.viewport.pixelFromPoint(new OpenSeadragon.Point(0, 0), true);
+  const unit = viewer.viewport.pixelFromPoint(new OpenSeadragon.Point(1, 0), true).x - origin.x;
+  outlines.setAttribute("transform", `translate(${origin.x},${origin.y}) scale(${unit})`);
+}
+
+// ---------------------------------------------------------------------- read-out
+function readout(event) {
+  if (!grid || viewer.world.getItemCount() === 0) return;
+  const p = viewer.world.getItemAt(0).viewerElementToImageCoordinates(event.position);
+  const box = $("readout");
+  if (p.x < 0 || p.y < 0 || p.x >= info.width || p.y >= info.height) { box.hidden = true; return; }
+  const c = Math.floor(p.x / grid.stride);
+  const r = Math.floor(p.y / grid.stride);
+  const value = r < grid.rows && c < grid.cols ? grid.probabilities[r][c] : null;
+  const qc = r < grid.rows && c < grid.cols ? grid.qc[r][c] : 0;
+  let text;
+  if (value !== null && value !== undefined) {
+    text = `P(IDC) ${(value * 100).toFixed(1)}%` + (value >= grid.threshold ? " · IDC" : "");
+  } else if (qc) {
+    text = `left out by QC: ${grid.qc_kinds[qc]}`;
+  } else {
+    text = "not scored (no tissue)";
+  }
+  box.textContent = `${text} · tile at x ${c * grid.stride}, y ${r * grid.stride}`;
+  box.dataset.value = value === null || value === undefined ? "" : String(value);
+  box.hidden = false;
+}
+
+// -------------------------------------------------------------------------- layers
+function addImageLayer(url, widthFraction, opacity) {
+  return new Promise((resolve, reject) => {
+    viewer.addTiledImage({
+      tileSource: { type: "image", url, buildPyramid: false },
+      x: 0, y: 0, width: widthFraction, opacity,
+      success: (e) => resolve(e.item),
+      error: (e) => reject(new Error(e.message || `cannot load ${url}`)),
+    });
+  });
+}
+
+async function showMap(map) {
+  grid = await getJSON(layerUrl("grid.json"));
+  const overlayWidth = (grid.cols * grid.stride) / info.width;
+  const opacity = Number($("map-opacity").value);
+  qcItem = await addImageLayer(layerUrl("qc.png"), grid.width / info.width, 0.55);
+  mapItem = await addImageLayer(layerUrl("overlay.png"), overlayWidth, opacity);
+  const regions = await getJSON(layerUrl("regions.geojson"));
+  buildOutlines(regions);
+  qcItem.setOpacity($("show-qc").checked ? 0.55 : 0);
+  $("layers").hidden = false;
+  $("map-button").hidden = true;
+  $("mpp-field").hidden = true;
+  const s = map.summary;
+  const kinds = Object.entries(s.qc_tiles || {}).map(([k, n]) => `${k} ${n}`).join(", ");
+  $("map-state").textContent = `Mapped: IDC in ${(s.idc_fraction * 100).toFixed(1)}% of ${s.n_tiles} tissue tiles.`;
+  facts($("map-facts"), [
+    ["IDC area", `${s.idc_area_mm2.toFixed(2)} mm²`],
+    ["Tissue scored", `${s.tissue_area_mm2.toFixed(2)} mm²`],
+    ["QC left out", `${(s.qc_excluded_mm2 || 0).toFixed(2)} mm² (${kinds || "none"})`],
+    ["Regions", String(s.n_regions)],
+    ["Model", `${s.model.name} ${s.model.version}`],
+  ]);
+  document.body.dataset.mapShown = "true";
+}
+
+function mapProgress(status) {
+  const bar = $("map-progress");
+  bar.hidden = false;
+  bar.max = Math.max(status.total, 1);
+  bar.value = status.done;
+  $("map-state").textContent = status.state === "queued"
+    ? "Waiting for another map to finish…"
+    : `Mapping: ${status.done} of ${status.total || "?"} tissue tiles scored…`;
+}
+
+async function pollMap() {
+  for (;;) {
+    const status = await getJSON(api("/map"));
+    if (status.state === "done") {
+      $("map-progress").value = $("map-progress").max;
+      $("map-progress").hidden = true;
+      await showMap(status);
+      return;
+    }
+    if (status.state === "failed") {
+      $("map-progress").hidden = true;
+      $("map-button").disabled = false;
+      $("map-state").textContent = "The map could not be made.";
+      showError(status.error);
+      return;
+    }
+    if (status.state === "none") return;
+    mapProgress(status);
+    await new Promise((r) => setTimeout(r, 400));
+  }
+}
+
+async function startMap() {
+  $("viewer-error").hidden = true;
+  $("map-button").disabled = true;
+  const mpp = $("mpp-input").value;
+  const query = !info.mpp && mpp ? `?mpp=${encodeURIComponent(mpp)}` : "";
+  try {
+    await getJSON(api(`/map${query}`), { method: "POST" });
+    await pollMap();
+  } catch (err) {
+    $("map-button").disabled = false;
+    showError(`Could not map the slide: ${err.message}`);
+  }
+}
+
+function wireControls() {
+  $("map-button").addEventListener("click", startMap);
+  $("map-opacity").addEventListener("input", () => {
+    if (mapItem && $("show-map").checked) mapItem.setOpacity(Number($("map-opacity").value));
+  });
+  $("show-map").addEventListener("change", () => {
+    if (mapItem) mapItem.setOpacity($("show-map").checked ? Number($("map-opacity").value) : 0);
+  });
+  $("show-qc").addEventListener("change", () => {
+    if (qcItem) qcItem.setOpacity($("show-qc").checked ? 0.55 : 0);
+  });
+  $("show-outlines").addEventListener("change", () => {
+    if (svg) svg.style.display = $("show-outlines").checked ? "" : "none";
+  });
+}
+
+async function main() {
+  if (!slideId) { showError("No slide given: open one from the slide list (/browse)."); return; }
+  try {
+    info = await getJSON(api(""));
+  } catch (err) {
+    showError(`This slide cannot be shown: ${err.message}`);
+    return;
+  }
+  document.title = `idcscan · ${info.name}`;
+  $("slide-title").textContent = info.name;
+  $("demo-banner").hidden = !info.demo;
+  facts($("slide-facts"), [
+    ["Size", `${info.width.toLocaleString("en")} × ${info.height.toLocaleString("en")} px`],
+    ["Scale", info.mpp ? `${info.mpp.toFixed(3)} µm/px` : "unknown"],
+    ["Format", info.format],
+    ["Levels", String(info.levels)],
+    ["File", info.path],
+  ]);
+  $("mpp-field").hidden = Boolean(info.mpp);
+  wireControls();
+  viewer = OpenSeadragon({
+    id: "osd",
+    prefixUrl: "/static/openseadragon/images/",
+    tileSources: `/slides/${encodeURIComponent(slideId)}.dzi`,
+    drawer: "canvas",
+    imageSmoothingEnabled: false,
+    showNavigator: true,
+    navigatorPosition: "TOP_RIGHT",
+    maxZoomPixelRatio: 4,
+    crossOriginPolicy: false,
+  });
+  window.osdViewer = viewer;
+  viewer.addHandler("open", updateScaleBar);
+  viewer.addHandler("animation", () => { updateScaleBar(); placeOutlines(); });
+  viewer.addHandler("resize", () => { updateScaleBar(); placeOutlines(); });
+  viewer.addHandler("open-failed", (e) => showError(`The slide could not be opened: ${e.message}`));
+  new OpenSeadragon.MouseTracker({
+    element: viewer.element,
+    moveHandler: readout,
+    clickHandler: readout,
+  });
+  if (info.map.state === "done") {
+    viewer.addOnceHandler("open", () => showMap(info.map).catch((e) => showError(e.message)));
+  } else if (info.map.state === "queued" || info.map.state === "running") {
+    $("map-button").disabled = true;
+    viewer.addOnceHandler("open", pollMap);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", main);

@@ -1,0 +1,237 @@
+"""The slide browser and deep-zoom viewer (``idcscan serve BUNDLE --slides DIR``).
+
+Pages: ``/browse`` (every slide under DIR) and ``/viewer?slide=ID`` (OpenSeadragon, vendored
+in static/openseadragon/). Deep Zoom: ``GET /slides/{id}.dzi`` and
+``GET /slides/{id}_files/{level}/{col}_{row}.jpeg``, cut from the slide readers region by
+region (``idcscan.inference.deepzoom``). API: ``GET /api/slides`` (id, name, width, height,
+mpp, format, has_map; unreadable files are listed with their one-line ``error``), and per
+slide its map: ``POST /api/slides/{id}/map`` starts ``idcscan slide`` on it in the
+background, ``GET /api/slides/{id}/map`` tells how far it is and gives its summary; the
+layers are ``/slides/{id}/map/overlay.png`` (P(IDC), one pixel per tile),
+``/slides/{id}/map/qc.png`` (artefact QC labels), ``/slides/{id}/map/grid.json`` (per-tile
+values for the read-out under the cursor) and ``/slides/{id}/map/regions.geojson``.
+
+Ids that name no readable slide are 404s (see ``slide_library`` for why no request can
+reach a file outside DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from idcscan import DISCLAIMER
+from idcscan.inference.deepzoom import jpeg_bytes
+from idcscan.inference.map_layers import load_grid, overlay_png
+from idcscan.inference.predictor import Predictor
+from idcscan.server.map_jobs import MapStore
+from idcscan.server.slide_library import SlideEntry, SlideLibrary, SlideNotFound
+
+router = APIRouter()
+STATIC_DIR = Path(__file__).parent / "static"
+#: where `idcscan serve --slides` keeps maps unless told (--maps)
+ENV_SLIDES = "IDCSCAN_SERVE_SLIDES"
+ENV_MAPS = "IDCSCAN_SERVE_MAPS"
+TILE_CACHE_CONTROL = "public, max-age=3600"
+
+
+def default_maps_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "idcscan" / "maps"
+
+
+class Viewer:
+    """What the viewer routes share: the slide library, the map store, small thumbnails."""
+
+    def __init__(
+        self, slides: str | Path, maps: str | Path, predictor: Predictor, demo: bool = False
+    ) -> None:
+        self.demo = demo
+        self.library = SlideLibrary(slides)
+        self.maps = MapStore(maps, predictor)
+        self._thumbs: OrderedDict[str, bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+
+    def thumbnail(self, slide_id: str) -> bytes:
+        with self._thumb_lock:
+            if slide_id in self._thumbs:
+                return self._thumbs[slide_id]
+        with self.library.open(slide_id) as handle:
+            data = jpeg_bytes(handle.zoom.thumbnail(256))
+        with self._thumb_lock:
+            self._thumbs[slide_id] = data
+            while len(self._thumbs) > 512:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def close(self) -> None:
+        self.maps.close()
+        self.library.close()
+
+
+def configure_viewer(app: Any, slides: str | Path, maps: str | Path | None = None) -> Viewer:
+    """Serve the slides under ``slides`` from ``app`` (made by ``create_app``)."""
+    state = app.state.idcscan
+    viewer = Viewer(slides, maps or default_maps_dir(), state.predictor, demo=state.demo)
+    app.state.idcscan_viewer = viewer
+    return viewer
+
+
+def get_viewer(request: Request) -> Viewer:
+    viewer = getattr(request.app.state, "idcscan_viewer", None)
+    if viewer is None and os.environ.get(ENV_SLIDES):  # worker processes (serve --workers)
+        viewer = configure_viewer(
+            request.app, os.environ[ENV_SLIDES], os.environ.get(ENV_MAPS) or None
+        )
+    if viewer is None:
+        raise HTTPException(404)
+    return viewer
+
+
+def _entry(viewer: Viewer, slide_id: str) -> SlideEntry:
+    try:
+        return viewer.library.get(slide_id)
+    except SlideNotFound:
+        raise HTTPException(404) from None
+
+
+def _map_folder(viewer: Viewer, slide_id: str) -> Path:
+    folder = viewer.maps.folder(_entry(viewer, slide_id))
+    if folder is None:
+        raise HTTPException(404)
+    return folder
+
+
+# ------------------------------------------------------------------------------- pages
+
+
+@router.get("/browse", include_in_schema=False)
+async def browse_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "browse.html", media_type="text/html")
+
+
+@router.get("/viewer", include_in_schema=False)
+async def viewer_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "viewer.html", media_type="text/html")
+
+
+# -------------------------------------------------------------------------------- API
+
+
+@router.get("/api/slides", summary="The slides under --slides DIR")
+def list_slides(viewer: Viewer = Depends(get_viewer)) -> list[dict[str, Any]]:
+    """Every slide found (recursively); unreadable files carry a one-line ``error``."""
+    out = []
+    for entry in viewer.library.entries():
+        item = entry.public()
+        item["has_map"] = entry.readable and viewer.maps.folder(entry) is not None
+        out.append(item)
+    return out
+
+
+@router.get("/api/slides/{slide_id}", summary="One slide, and the state of its map")
+def slide_info(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> dict[str, Any]:
+    entry = _entry(viewer, slide_id)
+    return _with_map(viewer, entry)
+
+
+def _with_map(viewer: Viewer, entry: SlideEntry) -> dict[str, Any]:
+    import json
+
+    item = entry.public()
+    status = viewer.maps.status(entry)
+    folder = viewer.maps.folder(entry)
+    item["has_map"] = folder is not None
+    item["map"] = status
+    if folder is not None:
+        item["map"]["summary"] = json.loads((folder / "summary.json").read_text())
+    item["disclaimer"] = DISCLAIMER
+    item["demo"] = viewer.demo
+    return item
+
+
+@router.get("/api/slides/{slide_id}/map", summary="How far the slide's map is")
+def map_status(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> dict[str, Any]:
+    return _with_map(viewer, _entry(viewer, slide_id))["map"]
+
+
+@router.post("/api/slides/{slide_id}/map", summary="Map the slide in the background")
+def start_map(
+    slide_id: str,
+    mpp: float | None = Query(None, gt=0, description="µm/px, for a slide without a scale."),
+    viewer: Viewer = Depends(get_viewer),
+) -> JSONResponse:
+    entry = _entry(viewer, slide_id)
+    status = viewer.maps.start(entry, mpp=mpp)
+    return JSONResponse(status, status_code=200 if status["state"] == "done" else 202)
+
+
+# ---------------------------------------------------------------------------- deep zoom
+
+
+@router.get("/slides/{slide_id}.dzi", summary="Deep Zoom descriptor")
+def dzi(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> Response:
+    _entry(viewer, slide_id)
+    with viewer.library.open(slide_id) as handle:
+        return Response(handle.zoom.dzi(), media_type="application/xml")
+
+
+@router.get("/slides/{slide_id}_files/{level}/{col}_{row}.jpeg", summary="Deep Zoom tile")
+def dz_tile(
+    slide_id: str, level: int, col: int, row: int, viewer: Viewer = Depends(get_viewer)
+) -> Response:
+    _entry(viewer, slide_id)
+    with viewer.library.open(slide_id) as handle:
+        if handle.reader.backend == "openslide":  # OpenSlide is thread-safe
+            rgb = handle.zoom.tile(level, col, row)
+        else:
+            with handle.lock:
+                rgb = handle.zoom.tile(level, col, row)
+    if rgb is None:
+        raise HTTPException(404)
+    return Response(
+        jpeg_bytes(rgb), media_type="image/jpeg", headers={"Cache-Control": TILE_CACHE_CONTROL}
+    )
+
+
+@router.get("/slides/{slide_id}/thumbnail.jpeg", summary="Small picture of the slide")
+async def thumbnail(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> Response:
+    _entry(viewer, slide_id)
+    data = await run_in_threadpool(viewer.thumbnail, slide_id)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": TILE_CACHE_CONTROL})
+
+
+# ------------------------------------------------------------------------------ layers
+
+
+@router.get("/slides/{slide_id}/map/overlay.png", summary="P(IDC) layer, one pixel per tile")
+def map_overlay(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> Response:
+    grid = load_grid(_map_folder(viewer, slide_id))
+    return Response(overlay_png(grid), media_type="image/png")
+
+
+@router.get("/slides/{slide_id}/map/qc.png", summary="Artefact QC layer (qc_mask.png)")
+def map_qc(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> FileResponse:
+    path = _map_folder(viewer, slide_id) / "qc_mask.png"
+    if not path.is_file():
+        raise HTTPException(404)
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/slides/{slide_id}/map/grid.json", summary="Per-tile P(IDC) and QC")
+def map_grid(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> dict[str, Any]:
+    return load_grid(_map_folder(viewer, slide_id)).as_json()
+
+
+@router.get("/slides/{slide_id}/map/regions.geojson", summary="IDC regions (idc.geojson)")
+def map_regions(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> FileResponse:
+    return FileResponse(
+        _map_folder(viewer, slide_id) / "idc.geojson", media_type="application/geo+json"
+    )
