@@ -66,32 +66,46 @@ def main() -> None:
 
     rows, all_labels, all_probs = [], [], []
     for pid in complete:
-        mosaic, files = make_mosaic(root / pid, args.out / "mosaics" / pid)
-        summary = analyse_slide(predictor, files[MOSAIC_PNG], args.out / "slides" / pid)
-        tiles = {
-            (int(r["x"]), int(r["y"])): float(r["probability"])
-            for r in read_csv(args.out / "slides" / pid / summary.slide / "tiles.csv")
-        }
-        truth = read_csv(files[TRUTH_CSV])
-        matched = [(int(t["label"]), tiles[(int(t["x"]), int(t["y"]))])
-                   for t in truth if (int(t["x"]), int(t["y"])) in tiles]
-        labels = np.array([m[0] for m in matched])
-        probs = np.array([m[1] for m in matched])
-        true_fraction = float(np.mean([int(t["label"]) for t in truth]))
-        auc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else None
-        rows.append({
-            "patient": pid,
-            "patches": len(truth),
-            "kept": len(matched) / len(truth),
-            "tile_auc": auc,
-            "idc_fraction_true": true_fraction,
-            "idc_fraction_slide": summary.idc_fraction,
-            "fraction_error": abs(summary.idc_fraction - true_fraction),
-            "seconds": summary.timings.get("total"),
-        })
+        row, labels, probs = score_patient(predictor, root / pid, args.out)
+        rows.append(row)
         all_labels.append(labels)
         all_probs.append(probs)
+    report(rows, all_labels, all_probs, args.out / "mosaic_slides.json")
 
+
+def score_patient(predictor: Predictor, patient_dir: Path, out: Path
+                  ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Mosaic -> slide mode -> tiles matched to the patch labels at the same place."""
+    pid = patient_dir.name
+    mosaic, files = make_mosaic(patient_dir, out / "mosaics" / pid)
+    summary = analyse_slide(predictor, files[MOSAIC_PNG], out / "slides" / pid)
+    tiles = {
+        (int(r["x"]), int(r["y"])): float(r["probability"])
+        for r in read_csv(out / "slides" / pid / summary.slide / "tiles.csv")
+    }
+    truth = read_csv(files[TRUTH_CSV])
+    matched = [(int(t["label"]), tiles[(int(t["x"]), int(t["y"]))])
+               for t in truth if (int(t["x"]), int(t["y"])) in tiles]
+    labels = np.array([m[0] for m in matched])
+    probs = np.array([m[1] for m in matched])
+    true_fraction = float(np.mean([int(t["label"]) for t in truth]))
+    auc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else None
+    row = {
+        "patient": pid,
+        "patches": len(truth),
+        "kept": len(matched) / len(truth),
+        "tile_auc": auc,
+        "idc_fraction_true": true_fraction,
+        "idc_fraction_slide": summary.idc_fraction,
+        "fraction_error": abs(summary.idc_fraction - true_fraction),
+        "seconds": summary.timings.get("total"),
+    }
+    return row, labels, probs
+
+
+def report(rows: list[dict], all_labels: list[np.ndarray], all_probs: list[np.ndarray],
+           json_path: Path, extra_columns: tuple[str, ...] = ()) -> dict:
+    """Write the JSON and print the markdown table (one row per patient, then overall)."""
     labels, probs = np.concatenate(all_labels), np.concatenate(all_probs)
     overall = {
         "patients": len(rows),
@@ -101,17 +115,22 @@ def main() -> None:
         "mean_fraction_error": float(np.mean([r["fraction_error"] for r in rows])),
         "kept": float(sum(r["kept"] * r["patches"] for r in rows) / sum(r["patches"] for r in rows)),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mosaic_slides.json").write_text(json.dumps({"patients": rows, "overall": overall}, indent=2))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"patients": rows, "overall": overall}, indent=2))
 
-    print("| patient | patches | kept as tissue | tile AUC | IDC fraction (truth) | IDC fraction (slide) | error |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    extra_head = "".join(f" {c} |" for c in extra_columns)
+    print(f"| patient |{extra_head} patches | kept as tissue | tile AUC | IDC fraction (truth) | "
+          "IDC fraction (slide) | error |")
+    print("| --- |" + " --- |" * (len(extra_columns) + 6))
     for r in rows:
         auc = f"{r['tile_auc']:.3f}" if r["tile_auc"] is not None else "n/a (one class)"
-        print(f"| {r['patient']} | {r['patches']} | {r['kept']:.1%} | {auc} | "
+        extra = "".join(f" {r[c]} |" for c in extra_columns)
+        print(f"| {r['patient']} |{extra} {r['patches']} | {r['kept']:.1%} | {auc} | "
               f"{r['idc_fraction_true']:.3f} | {r['idc_fraction_slide']:.3f} | {r['fraction_error']:.3f} |")
-    print(f"| **overall** | {sum(r['patches'] for r in rows)} | {overall['kept']:.1%} | "
+    blanks = " |" * len(extra_columns)
+    print(f"| **overall** |{blanks} {sum(r['patches'] for r in rows)} | {overall['kept']:.1%} | "
           f"{overall['pooled_tile_auc']:.3f} (pooled) | | | {overall['mean_fraction_error']:.3f} (mean) |")
+    return overall
 
 
 if __name__ == "__main__":
