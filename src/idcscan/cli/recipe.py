@@ -78,6 +78,9 @@ RECIPE: list[tuple[str, Any, Any]] = [
     ("tta", bool, typer.Option(
         _D.tta, "--tta/--no-tta", help="Bake 8-view dihedral TTA into the ONNX graph (every "
                                        "consumer applies it; recorded in model.json).")),
+    ("stain_norm", str, typer.Option(
+        _D.stain_norm, help="none | reinhard: per-patch Reinhard (lαβ) normalisation to a "
+                            "target fitted on the training patches, inside the ONNX graph.")),
     ("progress", bool, typer.Option(True, help="Show progress bars.")),
 ]
 

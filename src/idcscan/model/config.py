@@ -92,6 +92,11 @@ class TrainConfig:
     #: Bake 8-view dihedral test-time augmentation into the ONNX graph (every consumer gets it);
     #: calibration and threshold are then fitted on TTA outputs.
     tta: bool = False
+    #: Stain normalisation inside the graph: "none" or "reinhard" (per-patch lαβ statistics
+    #: mapped to a target fitted on the training patches; see ``idcscan.stain``).
+    stain_norm: str = "none"
+    #: The fitted target (filled in by training, so config.json rebuilds the same network).
+    stain_target: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +137,8 @@ class TrainConfig:
                 problems.append("pos_weight must be 'balanced', 'none' or a positive number")
         choices = {"augment": ("basic", "default", "strong"),
                    "normalize": ("backbone", "imagenet", "half"), "head": ("mlp", "linear"),
-                   "select": ("best", "last", "ema"), "calibration": ("temperature", "none")}
+                   "select": ("best", "last", "ema"), "calibration": ("temperature", "none"),
+                   "stain_norm": ("none", "reinhard")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name.replace('_', '-')} must be one of "

@@ -13,11 +13,40 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from idcscan import stain
 from idcscan.preprocessing import Preprocessing
 
 
+class ReinhardLayer(nn.Module):
+    """Per-patch Reinhard stain normalisation in lαβ (the graph twin of ``idcscan.stain``):
+    float NHWC RGB [0, 255] -> float NHWC RGB [0, 255]."""
+
+    def __init__(self, target: stain.StainTarget) -> None:
+        super().__init__()
+        self.target = target
+
+        def const(a) -> torch.Tensor:
+            return torch.tensor(a, dtype=torch.float32)
+
+        self.register_buffer("rgb_to_lms", const(stain.RGB_TO_LMS.T), persistent=False)
+        self.register_buffer("to_lab", const(stain.LOGLMS_TO_LAB.T), persistent=False)
+        self.register_buffer("to_loglms", const(stain.LAB_TO_LOGLMS.T), persistent=False)
+        self.register_buffer("lms_to_rgb", const(stain.LMS_TO_RGB.T), persistent=False)
+        self.register_buffer("t_mean", const(target.mean), persistent=False)
+        self.register_buffer("t_std", const(target.std), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lab = torch.log10(((x + stain.OFFSET) / stain.SCALE) @ self.rgb_to_lms) @ self.to_lab
+        mean = lab.mean(dim=(1, 2), keepdim=True)
+        std = (lab - mean).square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(
+            stain.MIN_STD)
+        lab = (lab - mean) / std * self.t_std + self.t_mean
+        rgb = torch.pow(10.0, lab @ self.to_loglms) @ self.lms_to_rgb
+        return (rgb * stain.SCALE - stain.OFFSET).clamp(0.0, 255.0)
+
+
 class PreprocessLayer(nn.Module):
-    """uint8 NHWC patch -> normalised float NCHW at the network's input size."""
+    """uint8 NHWC patch -> (stain-normalised) normalised float NCHW at the input size."""
 
     def __init__(self, pre: Preprocessing) -> None:
         super().__init__()
@@ -26,9 +55,14 @@ class PreprocessLayer(nn.Module):
         std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * pre.pixel_scale
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        self.stain = ReinhardLayer(stain.StainTarget.from_dict(pre.stain_norm)) \
+            if pre.stain_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).to(torch.float32)
+        x = x.to(torch.float32)
+        if self.stain is not None:
+            x = self.stain(x)
+        x = x.permute(0, 3, 1, 2)
         if self.pre.input_size != self.pre.patch_size:
             x = F.interpolate(
                 x,

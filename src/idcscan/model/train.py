@@ -10,6 +10,7 @@ RUN/
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -93,8 +94,20 @@ def build_network(cfg: TrainConfig):
             f"Unknown backbone {cfg.backbone!r}; use a timm model name such as "
             "tf_efficientnet_lite0 or efficientnet_b0 (see timm.list_models())."
         )
-    return IDCNet(cfg.backbone, preprocessing_for(cfg.backbone, cfg.input_size, cfg.normalize),
-                  drop_path_rate=cfg.drop_path_rate, head=cfg.head)
+    pre = preprocessing_for(cfg.backbone, cfg.input_size, cfg.normalize)
+    if cfg.stain_norm != "none":
+        if cfg.stain_target is None:
+            raise IdcscanError("--stain-norm needs a fitted target; train() fits it.")
+        pre = dataclasses.replace(pre, stain_norm=cfg.stain_target)
+    return IDCNet(cfg.backbone, pre, drop_path_rate=cfg.drop_path_rate, head=cfg.head)
+
+
+def fit_stain_target(images: torch.Tensor, seed: int, n: int = 4096) -> dict[str, Any]:
+    """The Reinhard target from (a seeded sample of) the training patches."""
+    from idcscan.stain import fit_target
+
+    pick = np.random.default_rng(seed).permutation(len(images))[:n]
+    return fit_target(images[torch.from_numpy(np.sort(pick))].numpy()).to_dict()
 
 
 def _precision(cfg: TrainConfig, accelerator: str) -> str:
@@ -141,6 +154,9 @@ def _load_resume(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str
     resumed.resume = True
     resumed.progress = cfg.progress
     resumed.max_minutes = cfg.max_minutes  # a new hard stop for the remaining work, if given
+    resumed.out = cfg.out  # where the run lives now (it may have been moved)
+    if cfg.splits is not None:
+        resumed.splits = cfg.splits
     return resumed, saved, last
 
 
@@ -208,6 +224,8 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
                        num_workers=cfg.num_workers, splits=cfg.splits,
                        augment=augment_preset(cfg.augment, cfg.hed_sigma))
     dm.load()
+    if cfg.stain_norm != "none" and cfg.stain_target is None:
+        cfg.stain_target = fit_stain_target(dm.train_images, cfg.seed)
     net = build_network(cfg)
     if cfg.resume or child:
         # Weights come from the checkpoint (resume) or DDP's broadcast from rank 0 (child).
