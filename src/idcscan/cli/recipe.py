@@ -63,6 +63,9 @@ RECIPE: list[tuple[str, Any, Any]] = [
         _D.augment, help="basic (flips and 90° rotations only) | default | strong.")),
     ("hed_sigma", float | None, typer.Option(
         None, help="HED stain-jitter strength, overriding the --augment preset's.")),
+    ("randstain", float, typer.Option(
+        _D.randstain, help="RandStainNA-style stain augmentation strength (0: off; 1: stains "
+                           "drawn from the training patches' own spread).")),
     ("normalize", str, typer.Option(
         _D.normalize, help="Input normalisation: backbone (its pretraining statistics) | "
                            "imagenet | half (mean = std = 0.5).")),

@@ -74,6 +74,9 @@ class TrainConfig:
     augment: str = "default"
     #: Overrides the preset's HED stain-jitter strength (per-stain scale/shift in OD space).
     hed_sigma: float | None = None
+    #: RandStainNA-style stain transfer strength (0: off; 1: templates drawn from the spread
+    #: of the training patches' lαβ moments, which training measures).
+    randstain: float = 0.0
     #: Input normalisation: "backbone" (its pretraining statistics), "imagenet", "half" (0.5).
     normalize: str = "backbone"
     #: Classifier head: "mlp" (the seed's BN-dropout-256-dropout-1) or "linear" (dropout, 1).
@@ -145,6 +148,8 @@ class TrainConfig:
                                 f"{', '.join(allowed)} (got {getattr(self, name)!r})")
         if self.hed_sigma is not None and not 0 <= self.hed_sigma < 1:
             problems.append("--hed-sigma must be in [0, 1)")
+        if not 0 <= self.randstain <= 5:
+            problems.append("--randstain must be between 0 and 5")
         if not 0 < self.ema_decay < 1:
             problems.append("--ema-decay must be between 0 and 1")
         if not 0 <= self.final_lr_fraction <= 1:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, compose, helper, numpy_helper
+from onnx import compose, helper, numpy_helper
 
 from idcscan import DISCLAIMER, __version__
 from idcscan.errors import IdcscanError
@@ -88,9 +88,8 @@ def merge_graphs(bundles: Sequence[Bundle]) -> onnx.ModelProto:
         helper.make_node("Mul", ["ens/cam_sum", "ens/inv_k"], ["cam"]),
     ]
     first = models[0].graph
-    outputs = [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"]),
-               helper.make_tensor_value_info("cam", TensorProto.FLOAT, None)]
-    graph = helper.make_graph(nodes, "idcscan_fold_ensemble", list(first.input), outputs,
+    graph = helper.make_graph(nodes, "idcscan_fold_ensemble", list(first.input),
+                              list(first.output),  # the members' own "logit" and "cam"
                               initializer=inits)
     merged = helper.make_model(graph, opset_imports=list(models[0].opset_import),
                                producer_name="idcscan", producer_version=__version__)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from idcscan import stain
+from idcscan.data import lab
 from idcscan.preprocessing import Preprocessing
 
 
@@ -24,25 +25,13 @@ class ReinhardLayer(nn.Module):
     def __init__(self, target: stain.StainTarget) -> None:
         super().__init__()
         self.target = target
-
-        def const(a) -> torch.Tensor:
-            return torch.tensor(a, dtype=torch.float32)
-
-        self.register_buffer("rgb_to_lms", const(stain.RGB_TO_LMS.T), persistent=False)
-        self.register_buffer("to_lab", const(stain.LOGLMS_TO_LAB.T), persistent=False)
-        self.register_buffer("to_loglms", const(stain.LAB_TO_LOGLMS.T), persistent=False)
-        self.register_buffer("lms_to_rgb", const(stain.LMS_TO_RGB.T), persistent=False)
-        self.register_buffer("t_mean", const(target.mean), persistent=False)
-        self.register_buffer("t_std", const(target.std), persistent=False)
+        self.register_buffer("t_mean", torch.tensor(target.mean, dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("t_std", torch.tensor(target.std, dtype=torch.float32),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lab = torch.log10(((x + stain.OFFSET) / stain.SCALE) @ self.rgb_to_lms) @ self.to_lab
-        mean = lab.mean(dim=(1, 2), keepdim=True)
-        std = (lab - mean).square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(
-            stain.MIN_STD)
-        lab = (lab - mean) / std * self.t_std + self.t_mean
-        rgb = torch.pow(10.0, lab @ self.to_loglms) @ self.lms_to_rgb
-        return (rgb * stain.SCALE - stain.OFFSET).clamp(0.0, 255.0)
+        return lab.restain(x, self.t_mean, self.t_std)
 
 
 class PreprocessLayer(nn.Module):

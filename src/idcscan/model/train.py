@@ -102,12 +102,17 @@ def build_network(cfg: TrainConfig):
     return IDCNet(cfg.backbone, pre, drop_path_rate=cfg.drop_path_rate, head=cfg.head)
 
 
-def fit_stain_target(images: torch.Tensor, seed: int, n: int = 4096) -> dict[str, Any]:
+def _sample(images: torch.Tensor, seed: int, n: int = 4096) -> np.ndarray:
+    """A seeded sample of the training patches (for stain statistics)."""
+    pick = np.random.default_rng(seed).permutation(len(images))[:n]
+    return images[torch.from_numpy(np.sort(pick))].numpy()
+
+
+def fit_stain_target(images: torch.Tensor, seed: int) -> dict[str, Any]:
     """The Reinhard target from (a seeded sample of) the training patches."""
     from idcscan.stain import fit_target
 
-    pick = np.random.default_rng(seed).permutation(len(images))[:n]
-    return fit_target(images[torch.from_numpy(np.sort(pick))].numpy()).to_dict()
+    return fit_target(_sample(images, seed)).to_dict()
 
 
 def _precision(cfg: TrainConfig, accelerator: str) -> str:
@@ -189,7 +194,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from idcscan.data.augment import augment_preset
+    from idcscan.data.augment import augment_preset, randstain_stats
     from idcscan.data.datamodule import IDCDataModule
     from idcscan.model.callbacks import RoundMetricsCSV, ScheduleFit
     from idcscan.model.module import IDCModule
@@ -221,9 +226,10 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = IDCDataModule(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed,
-                       num_workers=cfg.num_workers, splits=cfg.splits,
-                       augment=augment_preset(cfg.augment, cfg.hed_sigma))
+                       num_workers=cfg.num_workers, splits=cfg.splits)
     dm.load()
+    stats = randstain_stats(_sample(dm.train_images, cfg.seed)) if cfg.randstain else None
+    dm.augment = augment_preset(cfg.augment, cfg.hed_sigma, cfg.randstain, stats)
     if cfg.stain_norm != "none" and cfg.stain_target is None:
         cfg.stain_target = fit_stain_target(dm.train_images, cfg.seed)
     net = build_network(cfg)
@@ -395,7 +401,8 @@ def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: d
         "optimizer": f"AdamW, cosine decay per step to {cfg.final_lr_fraction} of the peak "
                      f"after linear warm-up ({cfg.warmup_fraction} of phase 2)",
         "calibration": cfg.calibration,
-        "threshold_rule": cfg.threshold_rule,
+        "threshold_rule": "max balanced accuracy on the validation patients"
+        if cfg.threshold_rule == "balanced" else f"fixed at {cfg.threshold_rule}",
         "head": cfg.head,
     }
     bundle_dir = run_dir / BUNDLE
