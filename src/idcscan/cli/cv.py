@@ -27,6 +27,9 @@ def cv(
     max_folds: int | None = typer.Option(
         None, help="Train at most this many new folds now (a re-run does the rest)."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples (over patients) for the CIs."),
+    export_ensemble: bool = typer.Option(
+        False, "--export-ensemble", help="When all folds are done, write DIR/ensemble: one "
+                                         "bundle whose graph averages the folds' P(IDC)."),
     recipe: dict | None = None,
 ) -> None:
     """Patient-grouped, stratified K-fold cross-validation of a training recipe."""
@@ -36,7 +39,8 @@ def cv(
     recipe = dict(recipe or {})
     settings = CVSettings(folds=folds, repeats=repeats, seed=recipe.get("seed", 0),
                           val_frac=val_frac, max_folds=max_folds, n_boot=n_boot,
-                          progress=recipe.get("progress", True))
+                          progress=recipe.get("progress", True),
+                          export_ensemble=export_ensemble)
     print_disclaimer()
     result = run_cv(data, folder, recipe, settings)
     table = Table(title=f"{result['folds_done']} of {result['folds_planned']} folds")
@@ -54,5 +58,7 @@ def cv(
     out.print(table)
     if not result["complete"]:
         console.print("Not all folds are done; run the same command again to continue.")
+    elif result.get("ensemble"):
+        out.print(f"Ensemble bundle: {result['ensemble']}", highlight=False, soft_wrap=True)
     print_disclaimer()
     out.print(f"Report: {folder / 'cv.md'}", highlight=False, soft_wrap=True)

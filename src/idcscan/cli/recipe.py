@@ -63,6 +63,9 @@ RECIPE: list[tuple[str, Any, Any]] = [
         _D.augment, help="basic (flips and 90° rotations only) | default | strong.")),
     ("hed_sigma", float | None, typer.Option(
         None, help="HED stain-jitter strength, overriding the --augment preset's.")),
+    ("randstain", float, typer.Option(
+        _D.randstain, help="RandStainNA-style stain augmentation strength (0: off; 1: stains "
+                           "drawn from the training patches' own spread).")),
     ("normalize", str, typer.Option(
         _D.normalize, help="Input normalisation: backbone (its pretraining statistics) | "
                            "imagenet | half (mean = std = 0.5).")),
@@ -78,6 +81,9 @@ RECIPE: list[tuple[str, Any, Any]] = [
     ("tta", bool, typer.Option(
         _D.tta, "--tta/--no-tta", help="Bake 8-view dihedral TTA into the ONNX graph (every "
                                        "consumer applies it; recorded in model.json).")),
+    ("stain_norm", str, typer.Option(
+        _D.stain_norm, help="none | reinhard: per-patch Reinhard (lαβ) normalisation to a "
+                            "target fitted on the training patches, inside the ONNX graph.")),
     ("progress", bool, typer.Option(True, help="Show progress bars.")),
 ]
 

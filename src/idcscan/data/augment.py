@@ -6,7 +6,10 @@ images. Geometry: the 8 symmetries of the square (tissue has no "up"), plus a sm
 and zoom (the seed's recipe), all fused into a single ``grid_sample`` with reflection padding
 so no artificial borders appear. Colour: stain jitter in the Haematoxylin-Eosin-DAB optical
 density space (Tellez et al., 2018), which mimics lab-to-lab staining differences far better
-than RGB jitter, then light brightness / contrast / saturation jitter.
+than RGB jitter, then light brightness / contrast / saturation jitter. Optionally first a
+RandStainNA-style stain transfer (Shen et al., 2022): each patch is Reinhard-mapped to a
+random "virtual template" whose lαβ moments are drawn from the spread of the training
+patches' own moments, so the model sees the range of stains the data actually holds.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -35,9 +39,33 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     saturation: float = 0.1
+    #: RandStainNA strength: 0 off, 1 draws templates from the training moments' spread.
+    randstain: float = 0.0
+    #: lαβ moments of the training patches (see ``randstain_stats``): 12 numbers.
+    randstain_stats: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def randstain_stats(images: np.ndarray) -> tuple[float, ...]:
+    """Mean and sd over patches of the per-patch lαβ means, then of the per-patch sds."""
+    from idcscan.stain import lab_stats
+
+    mean, std = lab_stats(images)
+    return tuple(float(v) for v in np.concatenate([mean.mean(0), mean.std(0), std.mean(0),
+                                                   std.std(0)]))
+
+
+def randstain(x: torch.Tensor, stats: tuple[float, ...], strength: float) -> torch.Tensor:
+    """Reinhard-map each patch to lαβ moments drawn around the training patches' moments."""
+    from idcscan.data.lab import restain
+
+    s = torch.tensor(stats, dtype=torch.float32, device=x.device).view(4, 3)
+    n = x.shape[0]
+    mean = s[0] + strength * s[1] * torch.randn(n, 3, device=x.device)
+    std = (s[2] + strength * s[3] * torch.randn(n, 3, device=x.device)).clamp_min(1e-3)
+    return restain(x, mean.view(n, 1, 1, 3), std.view(n, 1, 1, 3))
 
 
 #: Named recipes for ``--augment``. "basic" is geometry a classifier of unoriented tissue
@@ -51,11 +79,15 @@ PRESETS: dict[str, AugmentConfig] = {
 }
 
 
-def augment_preset(name: str, hed_sigma: float | None = None) -> AugmentConfig:
-    """The ``--augment`` preset ``name``, with its HED jitter replaced by ``hed_sigma`` if given."""
+def augment_preset(name: str, hed_sigma: float | None = None, randstain: float = 0.0,
+                   stats: tuple[float, ...] | None = None) -> AugmentConfig:
+    """The ``--augment`` preset ``name``, with its HED jitter replaced by ``hed_sigma`` if given
+    and RandStainNA at ``randstain`` strength (``stats`` from ``randstain_stats``)."""
     cfg = PRESETS[name]
     if hed_sigma is not None:
         cfg = replace(cfg, hed_sigma=float(hed_sigma))
+    if randstain:
+        cfg = replace(cfg, randstain=float(randstain), randstain_stats=stats)
     return cfg
 
 
@@ -127,6 +159,8 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig = AugmentConfig()) ->
     x = images.to(torch.float32)
     if cfg.dihedral or cfg.rotate_degrees or cfg.zoom:
         x = geometric(x, cfg)
+    if cfg.randstain and cfg.randstain_stats:
+        x = randstain(x, cfg.randstain_stats, cfg.randstain)
     if cfg.hed_sigma:
         x = hed_jitter(x, cfg.hed_sigma)
     x = colour_jitter(x, cfg)

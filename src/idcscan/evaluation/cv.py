@@ -11,6 +11,7 @@ DIR/
   fold-N/metrics.json   written last: the fold is done (a re-run skips it)
   oof_predictions.csv   row, patient, fold, label, probability (each patch once per repeat)
   cv.json, cv.png, cv.md
+  ensemble/             with ``--export-ensemble``: one bundle averaging every fold's model
 
 Every fold runs the same library function as ``idcscan train`` and is scored through its
 exported ONNX bundle by ``idcscan.evaluation.evaluate``, so a CV figure is a figure of the
@@ -60,6 +61,8 @@ class CVSettings:
     max_folds: int | None = None
     n_boot: int = 1000
     progress: bool = True
+    #: When every fold is done, write DIR/ensemble: one bundle averaging the folds.
+    export_ensemble: bool = False
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]] | Any) -> None:
@@ -182,7 +185,44 @@ def run_cv(data: str | Path, out: str | Path, recipe: dict[str, Any],
             break
         run_fold(data, ds, fold, fold_dir(out, fold), recipe, settings)
         trained += 1
-    return summarize_cv(out, folds, settings)
+    result = summarize_cv(out, folds, settings)
+    if settings.export_ensemble and result["complete"]:
+        result["ensemble"] = str(export_ensemble(out, folds, result, ds))
+    return result
+
+
+def export_ensemble(out: Path, folds: list[Fold], result: dict[str, Any],
+                    ds: PackedDataset) -> Path:
+    """DIR/ensemble: the folds' bundles averaged in one graph, with the threshold chosen on
+    all out-of-fold predictions (every patient, each scored by a model that never saw it)."""
+    from idcscan.model.ensemble import build_ensemble
+
+    members = [fold_dir(out, f) / "run" / "bundle" for f in folds]
+    oof = result["thresholds"]["oof"]
+    target = out / "ensemble"
+    tmp = out / ".ensemble.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pooled = result["pooled"]
+    build_ensemble(
+        members, tmp, threshold=oof["threshold"],
+        threshold_rule=f"max balanced accuracy on the pooled out-of-fold predictions "
+                       f"({pooled['n_patients']} patients, {pooled['n_patches']} patches)",
+        metrics={"cv": {"mean": result["mean"], "sd": result["sd"],
+                        "pooled": {k: pooled[k] for k in ("auc", "balanced_accuracy", "f1",
+                                                          "ci95", "n_patients")},
+                        "note": "cross-validated figures of the members; the ensemble itself "
+                                "has not been tested on unseen patients"}})
+    # The merged graph must give the mean of the members' probabilities.
+    sample = ds.images(slice(0, min(32, len(ds))))
+    expected = np.mean([Predictor(m).predict_proba(sample) for m in members], axis=0)
+    got = Predictor(tmp).predict_proba(sample)
+    if not np.allclose(got, expected, atol=1e-4):
+        raise RuntimeError("The ensemble graph does not average its members; this is a bug "
+                           "in idcscan's ensemble export.")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
+    return target
 
 
 def summarize_cv(out: Path, folds: list[Fold], settings: CVSettings) -> dict[str, Any]:

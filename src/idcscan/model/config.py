@@ -74,6 +74,9 @@ class TrainConfig:
     augment: str = "default"
     #: Overrides the preset's HED stain-jitter strength (per-stain scale/shift in OD space).
     hed_sigma: float | None = None
+    #: RandStainNA-style stain transfer strength (0: off; 1: templates drawn from the spread
+    #: of the training patches' lαβ moments, which training measures).
+    randstain: float = 0.0
     #: Input normalisation: "backbone" (its pretraining statistics), "imagenet", "half" (0.5).
     normalize: str = "backbone"
     #: Classifier head: "mlp" (the seed's BN-dropout-256-dropout-1) or "linear" (dropout, 1).
@@ -92,6 +95,11 @@ class TrainConfig:
     #: Bake 8-view dihedral test-time augmentation into the ONNX graph (every consumer gets it);
     #: calibration and threshold are then fitted on TTA outputs.
     tta: bool = False
+    #: Stain normalisation inside the graph: "none" or "reinhard" (per-patch lαβ statistics
+    #: mapped to a target fitted on the training patches; see ``idcscan.stain``).
+    stain_norm: str = "none"
+    #: The fitted target (filled in by training, so config.json rebuilds the same network).
+    stain_target: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,13 +140,16 @@ class TrainConfig:
                 problems.append("pos_weight must be 'balanced', 'none' or a positive number")
         choices = {"augment": ("basic", "default", "strong"),
                    "normalize": ("backbone", "imagenet", "half"), "head": ("mlp", "linear"),
-                   "select": ("best", "last", "ema"), "calibration": ("temperature", "none")}
+                   "select": ("best", "last", "ema"), "calibration": ("temperature", "none"),
+                   "stain_norm": ("none", "reinhard")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name.replace('_', '-')} must be one of "
                                 f"{', '.join(allowed)} (got {getattr(self, name)!r})")
         if self.hed_sigma is not None and not 0 <= self.hed_sigma < 1:
             problems.append("--hed-sigma must be in [0, 1)")
+        if not 0 <= self.randstain <= 5:
+            problems.append("--randstain must be between 0 and 5")
         if not 0 < self.ema_decay < 1:
             problems.append("--ema-decay must be between 0 and 1")
         if not 0 <= self.final_lr_fraction <= 1:

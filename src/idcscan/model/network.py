@@ -13,11 +13,29 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from idcscan import stain
+from idcscan.data import lab
 from idcscan.preprocessing import Preprocessing
 
 
+class ReinhardLayer(nn.Module):
+    """Per-patch Reinhard stain normalisation in lαβ (the graph twin of ``idcscan.stain``):
+    float NHWC RGB [0, 255] -> float NHWC RGB [0, 255]."""
+
+    def __init__(self, target: stain.StainTarget) -> None:
+        super().__init__()
+        self.target = target
+        self.register_buffer("t_mean", torch.tensor(target.mean, dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("t_std", torch.tensor(target.std, dtype=torch.float32),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lab.restain(x, self.t_mean, self.t_std)
+
+
 class PreprocessLayer(nn.Module):
-    """uint8 NHWC patch -> normalised float NCHW at the network's input size."""
+    """uint8 NHWC patch -> (stain-normalised) normalised float NCHW at the input size."""
 
     def __init__(self, pre: Preprocessing) -> None:
         super().__init__()
@@ -26,9 +44,14 @@ class PreprocessLayer(nn.Module):
         std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * pre.pixel_scale
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        self.stain = ReinhardLayer(stain.StainTarget.from_dict(pre.stain_norm)) \
+            if pre.stain_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).to(torch.float32)
+        x = x.to(torch.float32)
+        if self.stain is not None:
+            x = self.stain(x)
+        x = x.permute(0, 3, 1, 2)
         if self.pre.input_size != self.pre.patch_size:
             x = F.interpolate(
                 x,

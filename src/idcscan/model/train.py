@@ -10,6 +10,7 @@ RUN/
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -102,8 +103,25 @@ def build_network(cfg: TrainConfig):
             f"Unknown backbone {cfg.backbone!r}; use a timm model name such as "
             "tf_efficientnet_lite0 or efficientnet_b0 (see timm.list_models())."
         )
-    return IDCNet(cfg.backbone, preprocessing_for(cfg.backbone, cfg.input_size, cfg.normalize),
-                  drop_path_rate=cfg.drop_path_rate, head=cfg.head)
+    pre = preprocessing_for(cfg.backbone, cfg.input_size, cfg.normalize)
+    if cfg.stain_norm != "none":
+        if cfg.stain_target is None:
+            raise IdcscanError("--stain-norm needs a fitted target; train() fits it.")
+        pre = dataclasses.replace(pre, stain_norm=cfg.stain_target)
+    return IDCNet(cfg.backbone, pre, drop_path_rate=cfg.drop_path_rate, head=cfg.head)
+
+
+def _sample(images: torch.Tensor, seed: int, n: int = 4096) -> np.ndarray:
+    """A seeded sample of the training patches (for stain statistics)."""
+    pick = np.random.default_rng(seed).permutation(len(images))[:n]
+    return images[torch.from_numpy(np.sort(pick))].numpy()
+
+
+def fit_stain_target(images: torch.Tensor, seed: int) -> dict[str, Any]:
+    """The Reinhard target from (a seeded sample of) the training patches."""
+    from idcscan.stain import fit_target
+
+    return fit_target(_sample(images, seed)).to_dict()
 
 
 def _precision(cfg: TrainConfig, accelerator: str) -> str:
@@ -150,6 +168,9 @@ def _load_resume(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str
     resumed.resume = True
     resumed.progress = cfg.progress
     resumed.max_minutes = cfg.max_minutes  # a new hard stop for the remaining work, if given
+    resumed.out = cfg.out  # where the run lives now (it may have been moved)
+    if cfg.splits is not None:
+        resumed.splits = cfg.splits
     return resumed, saved, last
 
 
@@ -182,7 +203,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from idcscan.data.augment import augment_preset
+    from idcscan.data.augment import augment_preset, randstain_stats
     from idcscan.data.datamodule import IDCDataModule
     from idcscan.model.callbacks import RoundMetricsCSV, ScheduleFit
     from idcscan.model.module import IDCModule
@@ -215,9 +236,12 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = IDCDataModule(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed,
-                       num_workers=cfg.num_workers, splits=cfg.splits,
-                       augment=augment_preset(cfg.augment, cfg.hed_sigma))
+                       num_workers=cfg.num_workers, splits=cfg.splits)
     dm.load()
+    stats = randstain_stats(_sample(dm.train_images, cfg.seed)) if cfg.randstain else None
+    dm.augment = augment_preset(cfg.augment, cfg.hed_sigma, cfg.randstain, stats)
+    if cfg.stain_norm != "none" and cfg.stain_target is None:
+        cfg.stain_target = fit_stain_target(dm.train_images, cfg.seed)
     net = build_network(cfg)
     if cfg.resume or child:
         # Weights come from the checkpoint (resume) or DDP's broadcast from rank 0 (child).
@@ -387,7 +411,8 @@ def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: d
         "optimizer": f"AdamW, cosine decay per step to {cfg.final_lr_fraction} of the peak "
                      f"after linear warm-up ({cfg.warmup_fraction} of phase 2)",
         "calibration": cfg.calibration,
-        "threshold_rule": cfg.threshold_rule,
+        "threshold_rule": "max balanced accuracy on the validation patients"
+        if cfg.threshold_rule == "balanced" else f"fixed at {cfg.threshold_rule}",
         "head": cfg.head,
     }
     bundle_dir = run_dir / BUNDLE
