@@ -29,11 +29,16 @@ def test_report_shows_disclaimer_metrics_and_threshold_source():
     assert text.index(DISCLAIMER) < text.index("## Model")
     assert "| ROC AUC | n/a | n/a |" in text  # undefined metric shown, not hidden or crashed
     assert "| Accuracy | 0.5000 | 0.4000 - 0.6000 |" in text
-    assert "Youden's J on val" in text and "0.4200" in text
+    assert "Youden's J on val" in text and "P(IDC) >= 42.00%" in text
+    assert "IDC Positive when P(IDC) >= 42.00%" in text  # the call, at this summary's 0.42
+    assert "demo" not in text.splitlines()[0]
     assert "`val.auc` | 0.9100" in text
     assert "| **true IDC** | 2 (FN) | 3 (TP) |" in text
     assert "demo model" not in text
 
 
 def test_report_flags_demo_models():
-    assert "demo model" in render_report(summary(demo=True))
+    text = render_report(summary(demo=True))
+    assert "demo model" in text
+    assert text.splitlines()[0] == ("# idcscan evaluation report: DEMO model trained on "
+                                    "synthetic data")

@@ -62,7 +62,8 @@ def test_a_patch_answers_the_seed_fields_with_no_warnings(client, low_threshold_
     body = client.post("/predict", files={"file": ("p.png", png(arr))}).json()
     assert SEED_KEYS <= set(body)
     assert body["warnings"] == []
-    p = float(Predictor(low_threshold_bundle).predict_proba(to_patch(Image.fromarray(arr))[None])[0])
+    patch = to_patch(Image.fromarray(arr))[None]
+    p = float(Predictor(low_threshold_bundle).predict_proba(patch)[0])
     assert abs(body["probability_positive"] - 100 * p) <= 0.005 + 1e-9
     assert body["probability_positive"] + body["probability_negative"] == pytest.approx(100.0)
     # The call is at 50%, the confidence is the probability of the class called.

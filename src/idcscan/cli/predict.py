@@ -87,7 +87,8 @@ def predict(
             table.add_column(column, overflow="fold")
         for r in rows:
             if r.error is not None:
-                table.add_row(r.path, "-", "-", "-", "-", f"[red]{escape(r.error)}[/]")
+                reason = r.error.removeprefix(f"{r.path}: ")  # the path is in its own column
+                table.add_row(escape(r.path), "-", "-", "-", "-", f"[red]{escape(reason)}[/]")
             else:
                 style = "bold red" if r.predicted_class == 1 else "green"
                 table.add_row(

@@ -4,7 +4,8 @@ Scoring goes through :class:`idcscan.inference.predictor.Predictor`, the same ON
 ``predict``, ``serve`` and ``slide`` use, so the evaluated model is byte for byte the served
 one (torch is never imported). Metrics are for the call every output reports (IDC Positive
 at calibrated P(IDC) >= 50%, ``idcscan.inference.labels``); the ``review`` block measures the
-bundle's review threshold, fixed on validation before the test data was seen. Outputs are written into a temporary directory that replaces ``out`` only when
+bundle's review threshold, fixed on validation before the test data was seen. Outputs are
+written into a temporary directory that replaces ``out`` only when
 complete, so an interrupted run never leaves a half-written report behind.
 """
 

@@ -100,7 +100,7 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         ("Input", f"{bundle['patch_size']} px patches at {bundle['mpp']} µm/px, resized to "
                   f"{bundle['input_size']} px inside the ONNX graph"),
         ("Calibration", f"temperature scaling, T = {bundle['temperature']:.4f}"),
-        ("Call", f"IDC Positive when P(IDC) >= {threshold:.0%}"),
+        ("Call", f"IDC Positive when P(IDC) >= {threshold:.2%}"),
         ("Review flag", f"P(IDC) >= {bundle['threshold']:.2%} (the bundle's review threshold)"),
         ("ONNX sha256", f"`{bundle['onnx_sha256']}`"),
     ])
@@ -120,7 +120,7 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         "",
         "## Metrics",
         "",
-        f"Patch-level metrics of the call (IDC Positive at P(IDC) >= {threshold:.0%}), the same "
+        f"Patch-level metrics of the call (IDC Positive at P(IDC) >= {threshold:.2%}), the same "
         f"call every idcscan output makes, with {level}% confidence intervals.",
         "",
         f"| Metric | Value | {level}% CI |",
@@ -150,9 +150,9 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         "",
         "## Decision convention",
         "",
-        f"A patch is called IDC Positive when its calibrated P(IDC) is at least {threshold:.0%} "
+        f"A patch is called IDC Positive when its calibrated P(IDC) is at least {threshold:.2%} "
         "(IDC more likely than not), and its confidence is the probability of the class called. "
-        f"The review flag marks P(IDC) >= {bundle['threshold']:.4f}, the bundle's review "
+        f"The review flag marks P(IDC) >= {bundle['threshold']:.2%}, the bundle's review "
         f"threshold: {threshold_note(bundle)}. It was fixed before this evaluation, so the "
         f"{summary['split']} data did not influence it. Probabilities are "
         "temperature-calibrated P(IDC), exactly as `idcscan predict` and the server report them.",

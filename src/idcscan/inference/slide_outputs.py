@@ -175,7 +175,7 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     demo = "DEMO MODEL, trained on synthetic data: means nothing.\n" if slide.demo else ""
     ax.set_title(
         f"{demo}{slide.name}: IDC in {fraction:.1%} of {len(slide.probabilities)} tissue tiles "
-        f"(P(IDC) >= {slide.threshold:.0%}, outlined)",
+        f"(P(IDC) >= {slide.threshold:.2%}, outlined)",
         fontsize=10,
         color="#a3172c" if slide.demo else "black",
     )

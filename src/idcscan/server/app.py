@@ -46,6 +46,7 @@ from idcscan.inference.scale import (
     patch_warnings,
 )
 from idcscan.preprocessing import to_patch
+from idcscan.server.card_routes import NoReport
 from idcscan.server.card_routes import router as card_router
 from idcscan.server.docs import install_docs
 from idcscan.server.schemas import (
@@ -76,6 +77,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[IdcscanError], int], ...] = (
     (ImageTooLarge, 413),
     (UnsupportedImage, 415),
     (NotAPatch, 422),
+    (NoReport, 404),
 )
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

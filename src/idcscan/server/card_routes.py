@@ -14,11 +14,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 
+from idcscan.errors import IdcscanError
 from idcscan.inference.model_card import card_markdown, load_report, readable_card
 from idcscan.server.state import ServerState, get_state
-from idcscan.server.uploads import BadUpload
 
 router = APIRouter()
+
+
+class NoReport(IdcscanError):
+    """No evaluation report (or no such figure) for the served bundle (HTTP 404)."""
 
 REPORT_FIGURES = ("roc.png", "pr.png", "confusion_matrix.png", "calibration.png")
 
@@ -48,7 +52,8 @@ async def model_card(
 async def report(request: Request) -> PlainTextResponse:
     folder = report_dir(request)
     if folder is None or not (folder / "report.md").is_file():
-        raise BadUpload("No evaluation report is known for this model; run `idcscan evaluate`.")
+        raise NoReport("No evaluation report of this model was found next to it; run "
+                       "`idcscan evaluate BUNDLE DATA --out REPORT` and serve with it.")
     text = (folder / "report.md").read_text()
     for name in REPORT_FIGURES:  # figures are served next to /report
         text = text.replace(f"]({name})", f"](/report/{name})")
@@ -59,5 +64,5 @@ async def report(request: Request) -> PlainTextResponse:
 async def report_figure(name: str, request: Request) -> FileResponse:
     folder = report_dir(request)
     if folder is None or name not in REPORT_FIGURES or not (folder / name).is_file():
-        raise BadUpload(f"No report figure {name!r}; figures: {', '.join(REPORT_FIGURES)}.")
+        raise NoReport(f"No report figure {name!r}; figures: {', '.join(REPORT_FIGURES)}.")
     return FileResponse(folder / name, media_type="image/png")

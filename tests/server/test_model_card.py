@@ -1,0 +1,74 @@
+"""The model card a person reads (/model-card, /report), built from model.json and the
+evaluation report of the same bundle; model.json itself stays complete in /health."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from idcscan.server.app import create_app
+
+
+@pytest.fixture(scope="module")
+def evaluated(two_class_demo: Path, prepared_data: Path, tmp_path_factory) -> Path:
+    """ROOT/bundle with ROOT/report, the `idcscan evaluate` output of that very bundle."""
+    from idcscan.evaluation.evaluate import evaluate
+
+    root = tmp_path_factory.mktemp("evaluated")
+    shutil.copytree(two_class_demo / "bundle", root / "bundle")
+    evaluate(root / "bundle", prepared_data, split="test", out=root / "report", n_boot=50,
+             progress=False)
+    return root
+
+
+def test_card_reads_like_a_card(evaluated: Path) -> None:
+    with TestClient(create_app(evaluated / "bundle")) as client:
+        card = client.get("/model-card").json()
+        health = client.get("/health").json()
+        markdown = client.get("/model-card?format=md").text
+    text = json.dumps(card)
+    assert card["demo"] is True and "synthetic" in card["summary"]
+    assert "1 = IDC Positive, 0 = IDC Negative" in text
+    assert "P(IDC) ≥ 50.00%" in card["decision"]["call"]
+    assert text.count("30.00%") == 1  # the review threshold, once, with its meaning
+    assert "/somewhere" not in text and str(evaluated) not in text  # no absolute paths
+    titles = [s["title"] for s in card["sections"]]
+    assert titles[:2] == ["Model", "Training data"]
+    test = card["sections"][-1]
+    assert test["title"].startswith("Test set") and test["link"]["href"] == "/report"
+    auc = dict(test["rows"])["ROC AUC"]
+    assert "(" in auc and "–" in auc  # a value with its 95% CI
+    assert test["confusion"]["rows"][1][0] == "true IDC"
+    # Machines still get every field of model.json.
+    assert health["model"]["data"]["source"] == "/somewhere/secret/kaggle"
+    assert markdown.startswith("# Model card: ") and "| true IDC |" in markdown
+
+
+def test_report_and_figures_are_served(evaluated: Path) -> None:
+    with TestClient(create_app(evaluated / "bundle")) as client:
+        report = client.get("/report")
+        assert report.status_code == 200
+        assert report.text.startswith("# idcscan evaluation report: DEMO model trained on "
+                                      "synthetic data")
+        assert "](/report/roc.png)" in report.text
+        figure = client.get("/report/roc.png")
+        assert figure.status_code == 200 and figure.content[:4] == b"\x89PNG"
+        assert client.get("/report/..%2Fbundle%2Fmodel.json").status_code == 404
+
+
+def test_a_report_of_another_model_is_not_linked(evaluated: Path, tmp_path: Path) -> None:
+    shutil.copytree(evaluated, tmp_path / "copy")
+    metrics = tmp_path / "copy" / "report" / "metrics.json"
+    summary = json.loads(metrics.read_text())
+    summary["bundle"]["onnx_sha256"] = "0" * 64  # evaluated with some other model.onnx
+    metrics.write_text(json.dumps(summary))
+    with TestClient(create_app(tmp_path / "copy" / "bundle")) as client:
+        card = client.get("/model-card").json()
+        assert card["has_report"] is False
+        assert not any(s["title"].startswith("Test set") for s in card["sections"])
+        missing = client.get("/report")
+        assert missing.status_code == 404 and "idcscan evaluate" in missing.json()["error"]
