@@ -151,3 +151,22 @@ def test_reserving_a_sparse_file_on_a_full_disk_raises_instead_of_sigbus(full_di
     with pytest.raises(Exception) as info:
         reserve_space(sparse)
     assert "no space left" in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_evaluate_and_train_into_a_read_only_folder_say_so_in_one_line(
+    tiny_bundle, prepared_data, read_only, command
+):
+    out = read_only / "out"
+    if command == "evaluate":
+        args = ["evaluate", str(tiny_bundle), str(prepared_data), "--out", str(out),
+                "--n-boot", "10"]
+    else:
+        args = ["train", str(prepared_data), "--out", str(out), "--backbone",
+                "test_efficientnet", "--weights", "none", "--input-size", "32",
+                "--max-minutes", "0.1", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    line = _error_line(result.stderr)
+    assert "read-only" in line or "permission denied" in line
+    assert _entries(read_only) == []
