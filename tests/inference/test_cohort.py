@@ -314,3 +314,19 @@ def test_report_opens_offline_in_chromium(
     page.screenshot(path=str(artifacts_dir / "cohort_report.png"), full_page=True)
     assert all(u.startswith(("file:", "data:")) for u in requests)
     page.close()
+
+
+def test_report_shows_qc_fields_when_summaries_have_them(single: Path, tmp_path: Path) -> None:
+    """Artefact QC (another part of slide mode) adds qc_* keys to summary.json: shown as is."""
+    import shutil
+
+    from idcscan.inference.cohort_report import write_report
+
+    copy = tmp_path / "copy"
+    shutil.copytree(single, copy)
+    path = copy / GOOD[0] / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(qc_excluded_mm2=0.125, qc_regions={"pen": 2, "blur": 1})
+    path.write_text(json.dumps(summary))
+    page = write_report(copy).read_text()
+    assert "qc_excluded_mm2: 0.125" in page and "qc_regions: pen 2, blur 1" in page
