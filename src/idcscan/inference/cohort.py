@@ -159,16 +159,19 @@ class _CohortProgress:
         self.bar = bar
         self.task = bar.add_task("cohort", total=n_slides)
         self.tiles: dict[str, int] = {}
+        self.finished: set[str] = set()
         self.on_progress = on_progress
 
     def event(self, event: tuple[float, dict[str, Any]]) -> None:
         msg = event[1]
-        self.tiles[msg["slide"]] = int(msg["done"])  # a rerun restarts the slide's count
-        self._refresh()
+        if msg["slide"] not in self.finished:  # events may arrive after the result
+            self.tiles[msg["slide"]] = int(msg["done"])  # a rerun restarts the slide's count
+            self._refresh()
         if self.on_progress is not None:
             self.on_progress(msg["slide"], int(msg["done"]), int(msg["total"]), int(msg["pid"]))
 
     def slide_done(self, name: str, n_tiles: int) -> None:
+        self.finished.add(name)
         self.tiles[name] = n_tiles
         self.bar.advance(self.task)
         self._refresh()
