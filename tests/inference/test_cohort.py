@@ -21,7 +21,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from idcscan.cli import app
-from test_slide_mode import texture, trained_bundle, paint_slide, write_pyramid  # noqa: F401
+from slide_helpers import paint_slide, texture, write_pyramid  # noqa: F401
 
 GOOD = ("a_plain", "b_pyramid", "c_plain")
 BROKEN = "d_broken"

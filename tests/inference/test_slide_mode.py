@@ -16,102 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
 from idcscan import DISCLAIMER
 from idcscan.cli import app
 
-MPP = 0.25  # the scan's level 0, as a 40x scanner writes it
-SCALE = 16  # level-0 pixels per training-scale pixel (4 µm / 0.25 µm)
-DOWNSAMPLES = (1, 2, 4, 8)  # pyramid levels; the training scale (16) lies below the last
-# in training-scale pixels: tissue on the left 200 px, glass beyond; IDC in a rectangle
-TISSUE_WIDTH = 200
-IDC = (55, 45, 165, 155)  # x0, y0, x1, y1
-SIZE = (250, 200)  # width, height
+from slide_helpers import DOWNSAMPLES, IDC, MPP, SCALE, SIZE, TISSUE_WIDTH, paint_slide, texture, write_pyramid  # noqa: E501,F401
 
 
-def texture(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
-    """'idc': crowded dark nuclei on purple; 'normal': pink stroma, sparse nuclei; 'glass'."""
-    if kind == "glass":
-        return np.clip(244 + rng.normal(0, 2, (h, w, 3)), 0, 255).astype(np.uint8)
-    base, nucleus, density = {
-        "idc": ((196, 128, 196), (80, 30, 120), 0.18),
-        "normal": ((240, 176, 206), (120, 60, 150), 0.02),
-    }[kind]
-    img = np.empty((h, w, 3), np.float32)
-    img[:] = base
-    img += rng.normal(0, 10, (h, w, 1))
-    img[rng.random((h, w)) < density] = nucleus
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def paint_slide(seed: int = 1) -> np.ndarray:
-    """The slide at the training scale (4 µm/px)."""
-    rng = np.random.default_rng(seed)
-    w, h = SIZE
-    img = texture(rng, h, w, "glass")
-    img[:, :TISSUE_WIDTH] = texture(rng, h, TISSUE_WIDTH, "normal")
-    x0, y0, x1, y1 = IDC
-    img[y0:y1, x0:x1] = texture(rng, y1 - y0, x1 - x0, "idc")
-    return img
-
-
-def write_pyramid(path: Path, image: np.ndarray) -> None:
-    """A tiled, deflate-compressed pyramidal TIFF (SubIFDs) at 0.25 µm/px, scale in the tags."""
-    opts = dict(
-        tile=(256, 256),
-        photometric="rgb",
-        compression="zlib",
-        compressionargs={"level": 1},
-        resolutionunit="CENTIMETER",
-    )
-    with tifffile.TiffWriter(path) as tif:
-        for i, ds in enumerate(DOWNSAMPLES):
-            f = SCALE // ds
-            level = np.repeat(np.repeat(image, f, axis=0), f, axis=1)
-            res = 1e4 / (MPP * ds)  # pixels per cm
-            extra = {"subifds": len(DOWNSAMPLES) - 1} if i == 0 else {"subfiletype": 1}
-            tif.write(level, resolution=(res, res), **extra, **opts)
-
-
-@pytest.fixture(scope="session")
-def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny IDCNet that tells the two textures apart, exported as a real bundle."""
-    import torch
-
-    from idcscan.model.export import export_bundle
-    from idcscan.model.network import IDCNet
-    from idcscan.preprocessing import Preprocessing
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    net = IDCNet("test_efficientnet", Preprocessing(input_size=32))
-    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(12):
-        labels = rng.integers(0, 2, 16)
-        patches = np.stack([texture(rng, 50, 50, "idc" if y else "normal") for y in labels])
-        logits = net(torch.from_numpy(patches))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, torch.from_numpy(labels).float()
-        )
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    # a dozen steps leave BatchNorm's running statistics far from the data: re-estimate them
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None  # cumulative average over the passes below
-        for _ in range(4):
-            labels = rng.integers(0, 2, 32)
-            kinds = ["idc" if y else "normal" for y in labels]
-            net(torch.from_numpy(np.stack([texture(rng, 50, 50, k) for k in kinds])))
-    out = tmp_path_factory.mktemp("slide-bundle")
-    export_bundle(net.eval(), out, threshold=0.5, data={"source": "two synthetic textures"})
-    return out
 
 
 @pytest.fixture(scope="module")
