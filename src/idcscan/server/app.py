@@ -7,8 +7,8 @@ through the shared ``MicroBatcher``, so concurrent requests share ONNX Runtime c
 
 Every error answer is JSON ``{"error": "..."}``: 400 for a bad request or a broken image,
 408 for an upload that came too slowly, 413 for too many bytes or pixels, 415 for an image
-format idcscan does not decode. The
-catch-all 500 exists for bugs; no input is meant to reach it.
+format idcscan does not decode. The catch-all 500 exists for bugs; no input is meant to
+reach it.
 """
 
 from __future__ import annotations
