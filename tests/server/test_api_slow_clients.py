@@ -54,7 +54,8 @@ def _head(length: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle) -> Iterator[tuple[str, int]]:
-    settings = ServerSettings(header_timeout_s=1.0, upload_idle_timeout_s=1.0, upload_timeout_s=3.0)
+    settings = ServerSettings(header_timeout_s=1.0, upload_idle_timeout_s=1.0,
+                              upload_timeout_s=3.0, upload_min_bytes_per_s=1e12)
     app = create_app(tiny_bundle, settings=settings)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

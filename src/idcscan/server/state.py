@@ -35,10 +35,12 @@ class ServerSettings:
     #: Images decoded at once, server-wide: bounds memory when many large uploads arrive.
     decode_slots: int = 4
     #: Slow clients: seconds to deliver a request's headers, and its body (at most
-    #: ``upload_idle_timeout_s`` without a byte, ``upload_timeout_s`` in all).
+    #: ``upload_idle_timeout_s`` without a byte; in all ``upload_timeout_s`` plus the time
+    #: the route's largest allowed body takes at ``upload_min_bytes_per_s``).
     header_timeout_s: float = 10.0
-    upload_timeout_s: float = 120.0
+    upload_timeout_s: float = 60.0
     upload_idle_timeout_s: float = 15.0
+    upload_min_bytes_per_s: float = 256 * 1024
 
     @property
     def max_upload_bytes(self) -> int:

@@ -33,6 +33,8 @@ ENVELOPE_BYTES = 64 * 1024
 #: A whole body must arrive within this many seconds, and never pause longer than the idle one.
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_IDLE_TIMEOUT_S = 15.0
+#: ... plus the time the largest allowed body takes at this slow rate.
+DEFAULT_MIN_BYTES_PER_S = 256 * 1024
 
 
 class UploadError(IdcscanError):
@@ -131,13 +133,15 @@ class _Collector:
         self.ended = True
 
 
-def _timeouts(request: Request) -> tuple[float, float]:
-    """The app's upload deadlines (``ServerSettings``), or the defaults outside idcscan's app."""
+def _timeouts(request: Request, max_bytes: int) -> tuple[float, float]:
+    """The app's upload deadlines (``ServerSettings``), or the defaults outside idcscan's app.
+
+    The total grows with the size allowed (at ``upload_min_bytes_per_s``), so a large slide
+    upload over a slow link is not cut off where a patch upload would be."""
     settings = getattr(getattr(request.app.state, "idcscan", None), "settings", None)
-    return (
-        float(getattr(settings, "upload_timeout_s", DEFAULT_TIMEOUT_S)),
-        float(getattr(settings, "upload_idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)),
-    )
+    rate = float(getattr(settings, "upload_min_bytes_per_s", DEFAULT_MIN_BYTES_PER_S))
+    total = float(getattr(settings, "upload_timeout_s", DEFAULT_TIMEOUT_S)) + max_bytes / rate
+    return total, float(getattr(settings, "upload_idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S))
 
 
 async def read_form(
@@ -151,12 +155,12 @@ async def read_form(
     """All parts of a multipart/form-data request, read under ``max_bytes`` for the body.
 
     ``max_file_bytes`` (default: ``max_bytes``) caps each part. The body must be complete
-    within ``timeout_s`` and never pause for ``idle_timeout_s`` (defaults: the app's
-    settings). Raises ``UploadTooLarge``, ``UploadTimeout`` or ``BadUpload`` with a message
+    within ``timeout_s`` and never pause for ``idle_timeout_s`` (defaults: from the app's
+    settings, see ``_timeouts``). Raises ``UploadTooLarge``, ``UploadTimeout`` or ``BadUpload`` with a message
     meant for the person who sent the request.
     """
     max_file_bytes = max_bytes if max_file_bytes is None else max_file_bytes
-    default_total, default_idle = _timeouts(request)
+    default_total, default_idle = _timeouts(request, max_bytes)
     timeout_s = default_total if timeout_s is None else timeout_s
     idle_timeout_s = default_idle if idle_timeout_s is None else idle_timeout_s
     length_header = request.headers.get("content-length")
