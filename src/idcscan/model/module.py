@@ -86,6 +86,8 @@ class IDCModule(L.LightningModule):
         self._val_labels: list[torch.Tensor] = []
         #: Gathered validation logits/labels of the best round so far (rank 0 uses them).
         self.best_val: dict[str, Any] | None = None
+        #: ... and of the latest round (``--select last`` reuses them when they are final).
+        self.last_val: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ phases
     def set_phase(self, phase: int) -> None:
@@ -169,10 +171,11 @@ class IDCModule(L.LightningModule):
         labels = torch.cat(self._val_labels)
         if self.trainer.world_size > 1:
             logits, labels = self._gather_uneven(logits), self._gather_uneven(labels)
+        self.last_val = {"auc": float(auc), "epoch": self.current_epoch,
+                         "step": self.global_step, "logits": logits.cpu(),
+                         "labels": labels.cpu()}
         if self.best_val is None or float(auc) > self.best_val["auc"]:
-            self.best_val = {"auc": float(auc), "epoch": self.current_epoch,
-                             "step": self.global_step,
-                             "logits": logits.cpu(), "labels": labels.cpu()}
+            self.best_val = self.last_val
 
     def _gather_uneven(self, t: torch.Tensor) -> torch.Tensor:
         """all_gather for shards whose lengths differ by at most one (rank-strided split)."""

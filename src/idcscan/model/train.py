@@ -39,6 +39,15 @@ CURVES = "curves.png"
 POST_FIT_S = 8.0
 #: Per validation round: checkpoint writes and dataloader rebuilds.
 ROUND_OVERHEAD_S = 0.6
+#: With --tta, calibration and the threshold are fitted on the 8-view outputs of at most this
+#: many validation patches (a seeded sample): 8 views of the whole split cost too much of a
+#: CPU budget.
+TTA_VAL_MAX = 2048
+
+
+def _needs_tta_val(cfg: TrainConfig) -> bool:
+    """Whether anything fitted on validation (temperature, threshold) must see TTA outputs."""
+    return cfg.tta and (cfg.calibration != "none" or cfg.threshold_rule == "balanced")
 
 
 @dataclass
@@ -276,8 +285,11 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
 
     def make_schedule(rates, seconds_left: float) -> Schedule:
         fixed = POST_FIT_S + ROUND_OVERHEAD_S * (cfg.val_rounds + 1)
-        # Scoring validation again after fit: 8 views with TTA; once for last/EMA weights.
-        fixed += rates.val_pass_s * (8 if cfg.tta else 1 if cfg.select != "best" else 0)
+        # Scoring validation again after fit: 8 views (of a sample) for TTA; once for EMA.
+        if _needs_tta_val(cfg):
+            fixed += rates.val_pass_s * 8 * min(1.0, TTA_VAL_MAX / max(1, len(dm.val_labels)))
+        elif cfg.select == "ema":
+            fixed += rates.val_pass_s
         return budget_schedule(
             rates, seconds_left, steps_per_pass, cfg.frozen_epochs, cfg.finetune_epochs,
             frozen_time_fraction=cfg.frozen_time_fraction, val_rounds=cfg.val_rounds,
@@ -375,13 +387,24 @@ def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: d
     elif cfg.select == "ema" and ema is not None and ema.ema is not None:
         net.load_state_dict(ema.averaged_state())
     net = net.to(memory_format=torch.contiguous_format)
-    cached = module.best_val
-    if cfg.select == "best" and not cfg.tta and cached is not None and \
-            math.isclose(cached["auc"], best_score, abs_tol=1e-7):
+    cached = None
+    if cfg.select == "best" and module.best_val is not None and \
+            math.isclose(module.best_val["auc"], best_score, abs_tol=1e-7):
+        cached = module.best_val
+    elif cfg.select == "last" and module.last_val is not None and \
+            module.last_val["step"] == module.global_step:
+        cached = module.last_val
+    val_tta = _needs_tta_val(cfg)
+    if val_tta:
+        keep = np.sort(np.random.default_rng(cfg.seed).permutation(
+            len(dm.val_labels))[:TTA_VAL_MAX])
+        logits = _val_logits(net, dm.val_images[keep], tta=True).astype(np.float64)
+        labels = dm.val_labels.numpy()[keep]
+    elif cached is not None:
         logits = cached["logits"].numpy().astype(np.float64)
         labels = cached["labels"].numpy()
     else:
-        logits = _val_logits(net, dm.val_images, tta=cfg.tta).astype(np.float64)
+        logits = _val_logits(net, dm.val_images).astype(np.float64)
         labels = dm.val_labels.numpy()
     if cfg.calibration == "temperature":
         shift = module.fold_prior_correction()
@@ -393,6 +416,9 @@ def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: d
     threshold = _threshold(cfg.threshold_rule, labels, probs)
     validation = binary_metrics(labels, probs, threshold)
     validation["n_patients"] = int(len(np.unique(dm.packed.subset("val").patient)))
+    # What these numbers are: the bundle's graph applies TTA when cfg.tta, but validation is
+    # only scored with it where calibration or the threshold depend on it.
+    validation["tta"] = val_tta
 
     schedule = module.schedule.to_dict() if module.schedule else {}
     training = {

