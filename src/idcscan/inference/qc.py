@@ -74,7 +74,7 @@ class QCParams:
     pen_min_um2: float = 2_000.0
     #: a tile whose mean |Laplacian| (grey 0-255, training scale) is below this is blurred
     blur_laplacian: float = 10.0
-    fold_relative: float = 0.4
+    fold_relative: float = 0.5
     fold_min_saturation: int = 60
     fold_min_um2: float = 20_000.0
     #: bubbles: grey level band (0-1, HistoQC's) and the largest local std (0-255)
