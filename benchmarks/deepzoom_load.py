@@ -130,7 +130,7 @@ def main() -> int:
     def pct(q: float) -> float:
         return lat[min(len(lat) - 1, int(q * len(lat)))]
 
-    print(f"\n$ {' '.join(cmd[:2])} serve BUNDLE --slides DIR  ({args.clients} clients, "
+    print(f"\n$ {cmd[0]} serve BUNDLE --slides DIR  ({args.clients} clients, "
           f"{args.tiles} random tiles of levels {top - 7}-{top})")
     print("| slide | clients | tiles | errors | tiles/s | p50 ms | p90 ms | p99 ms | mean ms "
           "| RSS idle MB | RSS peak MB |")

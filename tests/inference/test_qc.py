@@ -58,16 +58,23 @@ def test_ink_is_found_where_it_was_drawn(slide, ink) -> None:
     assert pen[~ndimage.binary_dilation(stroke, iterations=2)].mean() < 0.01
 
 
-def test_a_fold_is_found(slide) -> None:
+def test_a_dark_fold_is_found_but_dense_tumour_is_not(slide, rng) -> None:
     img, tissue = slide
     folded = img.astype(np.float32)
     band = np.zeros(tissue.shape, bool)
-    band[90:130, 30:130] = True  # 0.5 x 1.25 mm of doubled tissue
-    folded[band] = folded[band] ** 2 / 255.0  # two layers transmit the square
+    band[90:130, 30:130] = True  # 0.5 x 1.25 mm of tissue folded into a near-black, still
+    # stained ridge: grey ~35, under HistoQC's "darktissue" line (0.15 x 255)
+    folded[band] = np.array([60.0, 15.0, 70.0]) + rng.normal(0, 4, (int(band.sum()), 1))
+    nest = np.zeros(tissue.shape, bool)
+    nest[30:70, 30:90] = True  # dense tumour: crowded nuclei, dark but a single layer
+    dense = he_tissue(rng, 40, 60).astype(np.float32)
+    dense[rng.random((40, 60)) < 0.6] = (110, 55, 145)
+    folded[nest] = dense.reshape(-1, 3)
     labels = artefact_labels(folded.astype(np.uint8), tissue, MPP)
     fold = labels == KIND_CODES["fold"]
     assert fold[band].mean() > 0.8
     assert fold[~ndimage.binary_dilation(band, iterations=3)].mean() < 0.01
+    assert not fold[nest].any()  # an IDC detector must not throw its tumour away
 
 
 def test_a_bubble_is_found(slide) -> None:

@@ -223,3 +223,54 @@ def test_a_slide_without_scale_needs_mpp(client: TestClient) -> None:
         time.sleep(0.1)
     assert status["state"] == "failed"
     assert "--mpp" in status["error"] and "\n" not in status["error"]
+
+
+def test_serve_cli_browses_a_folder_and_refuses_a_missing_one(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    launch = [sys.executable, "-c", "from idcscan.cli import main; main()"]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    missing = subprocess.run(
+        [*launch, "serve", str(tiny_bundle), "--slides", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(FIXTURES / "small.svs", slides / "small.svs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [*launch, "serve", str(tiny_bundle), "--port", str(port), "--slides", str(slides),
+             "--maps", str(tmp_path / "maps")],
+            stdout=fh, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        listing = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                listing = httpx.get(f"http://127.0.0.1:{port}/api/slides", timeout=5).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert listing is not None, log.read_text()
+        assert [s["name"] for s in listing] == ["small"]
+        page = httpx.get(f"http://127.0.0.1:{port}/browse", timeout=5)
+        assert page.status_code == 200 and "Research use only" in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert f"http://127.0.0.1:{port}/browse" in " ".join(log.read_text().split())

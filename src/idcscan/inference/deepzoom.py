@@ -98,7 +98,7 @@ class DeepZoom:
         lx0, ly0 = math.floor(bx0 / ds), math.floor(by0 / ds)
         lx1, ly1 = max(math.ceil(bx1 / ds), lx0 + 1), max(math.ceil(by1 / ds), ly0 + 1)
         region = self.reader.read_level(src, lx0, ly0, lx1 - lx0, ly1 - ly0)
-        return resize(region, x1 - x0, y1 - y0)
+        return shrink(region, x1 - x0, y1 - y0)
 
     def overview(self) -> tuple[np.ndarray, float]:
         """The whole slide shrunk to ``OVERVIEW_SIDE`` (made once) and its downsample."""
@@ -117,7 +117,7 @@ class DeepZoom:
         ox0, oy0 = math.floor(bx0 / sx), math.floor(by0 / sy)
         ox1 = min(max(math.ceil(bx1 / sx), ox0 + 1), ow)
         oy1 = min(max(math.ceil(by1 / sy), oy0 + 1), oh)
-        return resize(np.ascontiguousarray(image[oy0:oy1, ox0:ox1]), w, h)
+        return shrink(np.ascontiguousarray(image[oy0:oy1, ox0:ox1]), w, h)
 
     def thumbnail(self, side: int = 256) -> np.ndarray:
         """A small picture of the whole slide (longest side ``side``) from the overview."""
@@ -125,6 +125,18 @@ class DeepZoom:
         oh, ow = image.shape[:2]
         f = side / max(ow, oh)
         return resize(image, max(1, round(ow * f)), max(1, round(oh * f)))
+
+
+def shrink(region: np.ndarray, w: int, h: int) -> np.ndarray:
+    """``region`` resized to w x h: an integer box reduction first (Pillow's ``reduce``, several
+    times faster than a general resize of the whole region), then an exact area resize."""
+    k = min(region.shape[1] // max(w, 1), region.shape[0] // max(h, 1))
+    if k < 2:
+        return resize(region, w, h)
+    im = Image.fromarray(region, mode="RGB").reduce(k)
+    if im.size == (w, h):
+        return np.asarray(im)
+    return np.asarray(im.resize((w, h), Image.Resampling.BOX))
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:

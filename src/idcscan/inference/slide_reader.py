@@ -258,8 +258,30 @@ class TiffSlideReader(_PyramidReader):
             ) from exc
         self._mpp = _mpp_from_properties(props, "tiffslide.mpp-x", "tiffslide.mpp-y")
         self.format = str(props.get("tiffslide.vendor") or "tiff")
+        self._tiled = self._tiled_pages(props)
+
+    def _tiled_pages(self, props: Any) -> list[Any]:
+        """Per level, a direct tile reader when the level is a plain tiled page (else None)."""
+        from idcscan.inference.tiff_tiles import TiledPage
+
+        try:
+            tif = self._slide.ts_tifffile
+            series = tif.series[int(props.get("tiffslide.series-index") or 0)]
+            pages = [lvl.keyframe for lvl in series.levels]
+        except Exception:  # any surprise: tiffslide reads every level
+            return [None] * len(self._dims)
+        if len(pages) != len(self._dims):
+            return [None] * len(self._dims)
+        readers = []
+        for page, (w, h) in zip(pages, self._dims):
+            same = int(page.imagewidth) == w and int(page.imagelength) == h
+            readers.append(TiledPage.for_page(page, tif.filehandle) if same else None)
+        return readers
 
     def _read_level(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+        direct = self._tiled[level]
+        if direct is not None:
+            return as_rgb_array(direct.read(lx, ly, w, h))
         # tiffslide maps level-0 locations to level pixels with int(x / ds); ceil(lx * ds)
         # lands exactly on lx for any downsample >= 1.
         ds = self._downsamples[level]

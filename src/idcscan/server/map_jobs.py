@@ -59,15 +59,14 @@ class MapStore:
         return found[0] if found else None
 
     def status(self, entry: SlideEntry) -> dict[str, Any]:
+        """``state``: none, queued, running, done (a finished folder exists) or failed."""
         with self._lock:
             job = self._jobs.get(entry.id)
-            if job is not None and job.state in ("queued", "running", "failed"):
-                return job.as_dict()
+        if job is not None and job.state != "done":
+            return job.as_dict()
         if self.folder(entry) is not None:
-            return MapJob(state="done").as_dict() | (
-                {"warnings": list(job.warnings)} if job else {}
-            )
-        return {"state": "none", "done": 0, "total": 0, "error": None, "warnings": []}
+            return MapJob(state="done", warnings=job.warnings if job else ()).as_dict()
+        return MapJob(state="none").as_dict()
 
     def start(self, entry: SlideEntry, mpp: float | None = None) -> dict[str, Any]:
         """Queue a map of ``entry`` unless one exists or is under way; returns its status."""

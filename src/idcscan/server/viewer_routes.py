@@ -17,6 +17,7 @@ reach a file outside DIR).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -143,8 +144,6 @@ def slide_info(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> dict[str,
 
 
 def _with_map(viewer: Viewer, entry: SlideEntry) -> dict[str, Any]:
-    import json
-
     item = entry.public()
     status = viewer.maps.status(entry)
     folder = viewer.maps.folder(entry)
