@@ -96,7 +96,10 @@ def test_cv_json_has_folds_mean_sd_and_pooled_with_ci(cv_dir):
     # Per-fold figures are exactly the fold's own evaluate report.
     for f in cv["folds"]:
         report = json.loads((out / f"fold-{f['fold']}" / "test" / "metrics.json").read_text())
-        assert f["auc"] == report["auc"] and f["threshold"] == report["threshold"]
+        assert f["auc"] == report["auc"] and f["threshold"] == report["threshold"] == 0.5
+        card = json.loads((out / f"fold-{f['fold']}" / "run" / "bundle" / "model.json")
+                          .read_text())
+        assert f["review_threshold"] == card["threshold"]
     assert cv["pooled"]["n_patients"] == 12
     th = cv["thresholds"]
     assert len(th["bundle"]["per_fold"]) == 2 and "crossfit" in th

@@ -146,7 +146,10 @@ def run_fold(data: Path, ds: PackedDataset, fold: Fold, fold_dir: Path,
         "patients": {"train": len(fold.train), "val": len(fold.val), "test": len(fold.test)},
         "test": {k: v for k, v in summary.items()
                  if k not in ("bundle", "data", "disclaimer", "ci")},
-        "threshold": card["threshold"], "temperature": card["temperature"],
+        # the call the test figures were measured at (P(IDC) >= 50%, as ``evaluate`` does),
+        # and the bundle's review threshold chosen on the fold's inner validation patients
+        "threshold": summary.get("threshold", card["threshold"]),
+        "review_threshold": card["threshold"], "temperature": card["temperature"],
         "validation": card["card_metrics"].get("validation", {}),
         "seconds": round(time.time() - started, 1),
         "disclaimer": DISCLAIMER,

@@ -92,20 +92,25 @@ def render_cv_report(result: dict[str, Any]) -> str:
                      f"{_fmt(result['sd'][key])} | {_fmt(pooled[key])} ({_fmt(ci[0])}-"
                      f"{_fmt(ci[1])}) |")
     lines += ["", f"Pooled: {pooled['n_patches']:,} patches of {pooled['n_patients']} "
-              "patients, each called at its own fold bundle's threshold.", "",
+              "patients, each called as its fold was evaluated (P(IDC) >= 50%).", "",
               "## Folds", "",
-              "| fold | patients | patches | AUC | balanced acc. | F1 | threshold | val AUC |",
+              "| fold | patients | patches | AUC | balanced acc. | F1 | review threshold | "
+              "val AUC |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for f in result["folds"]:
         lines.append(f"| {f['fold']} | {f['n_patients']} | {f['n_patches']:,} | {_fmt(f['auc'])} "
                      f"| {_fmt(f['balanced_accuracy'])} | {_fmt(f['f1'])} | "
-                     f"{_fmt(f['threshold'])} | {_fmt(f['val_auc'])} |")
+                     f"{_fmt(f.get('review_threshold', f['threshold']))} | "
+                     f"{_fmt(f['val_auc'])} |")
     th = result.get("thresholds") or {}
     lines += ["", "## Thresholds", "", "| threshold chosen on | value (sd over folds) | "
               "balanced acc. (OOF) | F1 (OOF) |", "| --- | --- | --- | --- |",
-              f"| each fold's inner validation (shipped in each bundle) | "
+              f"| none: the call, P(IDC) >= 50% | 0.500 | "
+              f"{_fmt(pooled['balanced_accuracy'])} | {_fmt(pooled['f1'])} |",
+              f"| each fold's inner validation (the review threshold in each bundle) | "
               f"{_fmt(th['bundle']['mean'])} ({_fmt(th['bundle']['sd'])}) | "
-              f"{_fmt(pooled['balanced_accuracy'])} | {_fmt(pooled['f1'])} |"]
+              f"{_fmt(th['bundle']['oof']['balanced_accuracy'])} | "
+              f"{_fmt(th['bundle']['oof']['f1'])} |"]
     if "pooled_validation" in th:
         pv = th["pooled_validation"]
         lines.append(f"| all inner-validation patients pooled ({pv['n_patients']}) | "

@@ -50,13 +50,21 @@ def _safe_threshold(labels: np.ndarray, probs: np.ndarray) -> float | None:
         return None
 
 
+def _review(record: dict[str, Any]) -> float:
+    """The fold bundle's review threshold (folds written before the 50% call carry only one)."""
+    return record.get("review_threshold", record["threshold"])
+
+
 def threshold_study(records: list[dict[str, Any]], tests: list[dict[str, np.ndarray]],
                     vals: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Thresholds (and temperatures) per fold and chosen on many patients, with their spread."""
     y, p = _concat(tests, "label").astype(np.int64), _concat(tests, "probability")
     out: dict[str, Any] = {
-        "bundle": {**_spread([r["threshold"] for r in records]),
-                   "note": "each fold's bundle threshold (its own inner-validation patients)"},
+        "bundle": {**_spread([_review(r) for r in records]),
+                   "oof": _headline(binary_metrics(y, p, np.concatenate(
+                       [np.full(len(t["label"]), _review(r)) for r, t in zip(records, tests)]))),
+                   "note": "each fold's bundle (review) threshold (its own inner-validation "
+                           "patients)"},
         "temperature": _spread([r["temperature"] for r in records]),
     }
     own = [_safe_threshold(t["label"], t["probability"]) for t in tests]
@@ -112,6 +120,7 @@ def summarize_folds(records: list[dict[str, Any]], tests: list[dict[str, np.ndar
                       "n_patients": t["n_patients"], "n_patches": t["n_patches"],
                       **{k: t.get(k) for k in CV_METRICS},
                       "ci95": t.get("ci95"), "threshold": r["threshold"],
+                      "review_threshold": _review(r),
                       "temperature": r["temperature"],
                       "val_auc": r.get("validation", {}).get("auc"),
                       "seconds": r.get("seconds")})
@@ -128,7 +137,7 @@ def summarize_folds(records: list[dict[str, Any]], tests: list[dict[str, np.ndar
     per_row = np.concatenate([np.full(len(t["label"]), r["threshold"])
                               for r, t in zip(records, tests)])
     pooled = summarize(y, p, patients, per_row, n_boot=n_boot, seed=seed)
-    pooled["threshold"] = "each patch at its fold bundle's threshold"
+    pooled["threshold"] = "each patch called as its fold was evaluated (P(IDC) >= 50%)"
     pooled["n_folds"] = len(records)
     result["pooled"] = pooled
     result["thresholds"] = threshold_study(records, tests, vals)
