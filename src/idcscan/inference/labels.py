@@ -3,9 +3,12 @@
 idcscan reports two things about a patch, everywhere (patches page, large-image page, CLI,
 CSV/JSON files, evaluation reports, HTTP API):
 
-* **The call.** "IDC Positive" when the calibrated P(IDC) is at least 50%, i.e. IDC is more
-  likely than not; otherwise "IDC Negative". ``confidence`` is the calibrated probability of
-  the class called, so it is always 50% or more and means what a reader takes it to mean.
+* **The call.** "IDC Positive" when P(IDC) is at least 50%, i.e. IDC is more likely than not;
+  otherwise "IDC Negative". ``confidence`` is the probability of the class called, so it is
+  always 50% or more and means what a reader takes it to mean. What P(IDC) is calibrated to is
+  the bundle's (model card, ``calibration``): class-balanced for the default recipe (IDC and
+  non-IDC weighted equally, so 50% balances sensitivity and specificity), or the training
+  set's IDC share after temperature scaling.
 * **The review flag.** ``flagged`` when P(IDC) reaches the bundle's threshold (model.json
   ``threshold``, chosen on validation patients to maximise balanced accuracy; below 50% when
   IDC is the rarer class). It marks patches worth a pathologist's second look, trading false
@@ -21,16 +24,16 @@ POSITIVE = 1
 NEGATIVE = 0
 CLASS_NAMES: dict[int, str] = {POSITIVE: "IDC Positive", NEGATIVE: "IDC Negative"}
 
-#: The call: calibrated P(IDC) from which a patch is called IDC Positive.
+#: The call: P(IDC) from which a patch is called IDC Positive.
 DECISION_THRESHOLD = 0.5
 
 #: One-sentence definitions, shared by the API docs, the CLI and the pages.
 CALL_RULE = (
-    "IDC Positive when the calibrated probability of IDC, P(IDC), is at least 50% "
+    "IDC Positive when the model's probability of IDC, P(IDC), is at least 50% "
     "(IDC more likely than not), otherwise IDC Negative."
 )
 CONFIDENCE_RULE = (
-    "Confidence is the calibrated probability of the class called, so it is always at least 50%."
+    "Confidence is the probability of the class called, so it is always at least 50%."
 )
 FLAG_RULE = (
     "Flagged for review when P(IDC) reaches the model's review threshold (chosen on validation "
@@ -40,7 +43,7 @@ FLAG_RULE = (
 
 
 def classify(probability_positive: float, threshold: float = DECISION_THRESHOLD) -> int:
-    """1 (IDC Positive) when the calibrated P(IDC) reaches ``threshold`` (the call: 0.5)."""
+    """1 (IDC Positive) when P(IDC) reaches ``threshold`` (the call: 0.5)."""
     return POSITIVE if probability_positive >= threshold else NEGATIVE
 
 

@@ -160,6 +160,19 @@ def _test_section(report: dict[str, Any], link: str | None) -> dict[str, Any]:
     return section
 
 
+def calibration_text(method: str, temperature: float) -> str:
+    """What P(IDC) means for this bundle, in words (it differs with the training recipe)."""
+    if method == "none":
+        return ("none: P(IDC) is class-balanced. The loss weighted IDC and non-IDC patches "
+                "equally, so P(IDC) is the probability of IDC if both were equally common: "
+                "the evidence in the patch, not the IDC share of a slide. 50% balances "
+                "sensitivity and specificity.")
+    if method == "temperature":
+        return (f"temperature scaling (T = {temperature:.3f}) after removing the class "
+                "weighting, so P(IDC) is calibrated to the training set's IDC share.")
+    return method
+
+
 def readable_card(
     card: ModelCard, report: dict[str, Any] | None = None, report_link: str | None = None
 ) -> dict[str, Any]:
@@ -170,8 +183,7 @@ def readable_card(
         ["Reads", f"{card.patch_size} × {card.patch_size} px H&E patches at {card.mpp:g} µm/px "
                   f"(resized to {card.input_size} × {card.input_size} px inside the model)"],
         ["Backbone", card.backbone],
-        ["Calibration", f"{calibration.method} scaling (T = {calibration.temperature:.3f}), so "
-                        "P(IDC) is a calibrated probability"],
+        ["Calibration", calibration_text(calibration.method, calibration.temperature)],
     ]
     if card.created:
         model_rows.append(["Exported", card.created])

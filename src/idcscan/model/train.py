@@ -446,7 +446,7 @@ def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: d
     shutil.rmtree(tmp, ignore_errors=True)
     export_bundle(
         net, tmp, tta=cfg.tta,
-        calibration={"method": "temperature", "temperature": temperature},
+        calibration={"method": cfg.calibration, "temperature": temperature},
         threshold=threshold,
         metrics={"validation": validation},
         data=dm.provenance(),

@@ -100,7 +100,7 @@ class PredictResponse(BaseModel):
     explanation: str | None = Field(
         None,
         description="With ?explain=true: Grad-CAM overlay (PNG data URL) on an absolute scale, "
-        "the same colours on every patch (full colour = +2 calibrated log-odds of IDC); absent "
+        "the same colours on every patch (full colour = +2 log-odds of IDC); absent "
         "when the map is empty (see explanation_note).",
     )
     explanation_note: str | None = Field(
