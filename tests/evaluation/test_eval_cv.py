@@ -104,6 +104,9 @@ def test_cv_json_has_folds_mean_sd_and_pooled_with_ci(cv_dir):
     th = cv["thresholds"]
     assert len(th["bundle"]["per_fold"]) == 2 and "crossfit" in th
     assert 0 < th["pooled_validation"]["threshold"] < 1
+    cal = cv["calibration"]
+    assert cal["oof_temperature"] > 0 and len(cal["crossfit_temperature"]["per_fold"]) == 2
+    assert cal["ece"] == pytest.approx(cv["pooled"]["ece"])
     assert (out / "cv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "cv.md").read_text()
     assert "Research use only" in report and "| 1 |" in report

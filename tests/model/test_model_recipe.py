@@ -129,7 +129,7 @@ def test_randstain_draws_stains_from_the_training_patches_spread():
 
 
 def test_tta_validation_is_scored_only_when_something_is_fitted_on_it():
-    from idcscan.model.train import _needs_tta_val
+    from idcscan.model.finish import needs_tta_val as _needs_tta_val
 
     plain = TrainConfig(data="", out="", tta=True, calibration="none", threshold_rule="0.5")
     assert not _needs_tta_val(plain)  # nothing is fitted: no 8-view pass to pay for

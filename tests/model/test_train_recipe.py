@@ -22,7 +22,7 @@ from idcscan.model.train import build_network
 pytestmark = pytest.mark.slow  # a real (tiny) training run
 
 OPTIONS = ["--backbone", "test_efficientnet", "--weights", "none", "--input-size", "32",
-           "--batch-size", "16", "--frozen-epochs", "0.5", "--finetune-epochs", "1",
+           "--batch-size", "16", "--frozen-epochs", "0.5", "--finetune-epochs", "2",
            "--frozen-time-fraction", "0", "--unfreeze", "all", "--lr-head", "1e-3",
            "--lr-backbone", "1e-3", "--warmup-fraction", "0", "--final-lr-fraction", "0",
            "--augment", "basic", "--normalize", "half", "--head", "linear", "--select", "ema",
@@ -59,6 +59,7 @@ def test_every_option_is_recorded(run: Path):
 def test_bundle_holds_the_ema_weights_with_tta_in_the_graph(run: Path, prepared_data: Path):
     card = load_bundle(run / "bundle").card
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == card.training["schedule"]["total_steps"]  # the final state
     ema_state = next(v["ema"] for k, v in ckpt["callbacks"].items() if "WeightEMA" in k)
     last_state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     patches = load_packed(prepared_data).subset("test").images()[:24]

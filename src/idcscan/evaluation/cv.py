@@ -118,8 +118,8 @@ def _score_to_csv(bundle: Path, ds: PackedDataset, path: Path, progress: bool) -
 def run_fold(data: Path, ds: PackedDataset, fold: Fold, fold_dir: Path,
              recipe: dict[str, Any], settings: CVSettings) -> dict[str, Any]:
     """Train, export and score one fold; returns (and writes last) its metrics.json."""
-    from idcscan.model.config import CONFIG_NAME, TrainConfig
-    from idcscan.model.train import CHECKPOINTS, train
+    from idcscan.model.config import CHECKPOINTS, CONFIG_NAME, TrainConfig
+    from idcscan.model.train import train
 
     started = time.time()
     fold_dir.mkdir(parents=True, exist_ok=True)

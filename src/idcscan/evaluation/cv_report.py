@@ -125,8 +125,16 @@ def render_cv_report(result: dict[str, Any]) -> str:
         lines.append(f"| all out-of-fold predictions (in-sample) | {_fmt(th['oof']['threshold'])}"
                      f" | {_fmt(th['oof']['oof']['balanced_accuracy'])} | "
                      f"{_fmt(th['oof']['oof']['f1'])} |")
+    cal = result.get("calibration") or {}
     lines += ["", f"Temperature per fold: {_fmt(th['temperature']['mean'])} ± "
               f"{_fmt(th['temperature']['sd'])}; best cut on each fold's own test patients: "
-              f"{_fmt(th['test_optimal']['mean'])} ± {_fmt(th['test_optimal']['sd'])}.", "",
+              f"{_fmt(th['test_optimal']['mean'])} ± {_fmt(th['test_optimal']['sd'])}.", ""]
+    if "oof_temperature" in cal:
+        lines += [f"Calibration: out-of-fold ECE {_fmt(cal['ece'])}; a second temperature "
+                  f"fitted on the other folds' out-of-fold predictions "
+                  f"({_fmt(cal['crossfit_temperature']['mean'])} ± "
+                  f"{_fmt(cal['crossfit_temperature']['sd'])}) gives ECE "
+                  f"{_fmt(cal['ece_crossfit_rescaled'])}.", ""]
+    lines += [
               f"Files: cv.json, oof_predictions.csv, cv.png, fold-N/. {DISCLAIMER}", ""]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The numbers of cv.json: per-fold metrics, their mean and spread, pooled out-of-fold
-metrics with patient-bootstrap intervals, and how thresholds chosen on many patients fare.
+metrics with patient-bootstrap intervals, and how thresholds (and a temperature) chosen on
+many patients fare.
 
 A single fold's bundle picks its threshold on ~30 inner-validation patients; how far that
 choice moves between folds, and what a threshold chosen on far more patients (all folds'
@@ -14,7 +15,12 @@ from typing import Any
 import numpy as np
 
 from idcscan.errors import IdcscanError
-from idcscan.evaluation.metrics import binary_metrics, choose_threshold, summarize
+from idcscan.evaluation.metrics import (
+    binary_metrics,
+    choose_threshold,
+    expected_calibration_error,
+    summarize,
+)
 
 #: Metrics reported per fold, as mean ± sd, and pooled (in report order).
 CV_METRICS = ("auc", "balanced_accuracy", "f1", "sensitivity", "specificity", "accuracy",
@@ -53,6 +59,48 @@ def _safe_threshold(labels: np.ndarray, probs: np.ndarray) -> float | None:
 def _review(record: dict[str, Any]) -> float:
     """The fold bundle's review threshold (folds written before the 50% call carry only one)."""
     return record.get("review_threshold", record["threshold"])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def fit_rescale(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The T minimising the NLL of sigmoid(logit(p) / T): a second temperature on top of the
+    folds' own, fitted on many patients' out-of-fold predictions (1: already calibrated)."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = _logit(probs), np.asarray(labels, dtype=np.float64)
+
+    def nll(log_t: float) -> float:
+        q = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0, q) - y * q))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+
+
+def calibration_study(tests: list[dict[str, np.ndarray]], records: list[dict[str, Any]]
+                      ) -> dict[str, Any]:
+    """ECE of the out-of-fold P(IDC) as shipped, and after a temperature fitted on the other
+    folds' out-of-fold predictions (cross-fitted: does calibration on many patients help?)."""
+    y = np.concatenate([t["label"] for t in tests]).astype(np.int64)
+    p = np.concatenate([t["probability"] for t in tests])
+    crossfit, rescaled = [], []
+    for i, (r, t) in enumerate(zip(records, tests)):
+        others = [j for j, s in enumerate(records) if j != i and s["repeat"] == r["repeat"]]
+        if not others:
+            return {"ece": expected_calibration_error(y, p)}
+        temp = fit_rescale(np.concatenate([tests[j]["label"] for j in others]),
+                           np.concatenate([tests[j]["probability"] for j in others]))
+        crossfit.append(temp)
+        rescaled.append(1 / (1 + np.exp(-_logit(t["probability"]) / temp)))
+    return {"ece": expected_calibration_error(y, p),
+            "oof_temperature": fit_rescale(y, p),
+            "crossfit_temperature": _spread(crossfit),
+            "ece_crossfit_rescaled": expected_calibration_error(y, np.concatenate(rescaled)),
+            "note": "a second temperature on logit(P) fitted on out-of-fold predictions; "
+                    "crossfit: each fold rescaled with the one fitted on the other folds"}
 
 
 def threshold_study(records: list[dict[str, Any]], tests: list[dict[str, np.ndarray]],
@@ -128,7 +176,7 @@ def summarize_folds(records: list[dict[str, Any]], tests: list[dict[str, np.ndar
     for k in CV_METRICS:
         mean[k], sd[k] = _mean_sd([f[k] for f in folds])
     result: dict[str, Any] = {"folds": folds, "mean": mean, "sd": sd, "pooled": None,
-                              "thresholds": None}
+                              "thresholds": None, "calibration": None}
     if not records:
         return result
     y = _concat(tests, "label").astype(np.int64)
@@ -141,4 +189,5 @@ def summarize_folds(records: list[dict[str, Any]], tests: list[dict[str, np.ndar
     pooled["n_folds"] = len(records)
     result["pooled"] = pooled
     result["thresholds"] = threshold_study(records, tests, vals)
+    result["calibration"] = calibration_study(tests, records)
     return result

@@ -18,6 +18,11 @@ from typing import Any
 from idcscan.errors import IdcscanError
 
 CONFIG_NAME = "config.json"
+#: The rest of a run directory's layout (see ``idcscan.model.train``).
+CHECKPOINTS = "checkpoints"
+BUNDLE = "bundle"
+METRICS = "metrics.csv"
+CURVES = "curves.png"
 
 
 @dataclass
@@ -123,6 +128,9 @@ class TrainConfig:
             problems.append("--devices must be at least 1")
         if self.frozen_epochs < 0 or self.finetune_epochs < 0:
             problems.append("epoch counts cannot be negative")
+        if self.frozen_time_fraction == 0 and self.finetune_epochs <= 0:
+            problems.append("--frozen-time-fraction 0 skips phase 1, so --finetune-epochs must "
+                            "be > 0")
         if self.frozen_epochs + self.finetune_epochs <= 0:
             problems.append("at least one of --frozen-epochs / --finetune-epochs must be > 0")
         if self.max_minutes is not None and self.max_minutes <= 0:

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-import shutil
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,43 +22,22 @@ import numpy as np
 import timm
 import torch
 
-from idcscan import DISCLAIMER
 from idcscan.errors import IdcscanError
-from idcscan.model.config import CONFIG_NAME, TrainConfig, write_json
+from idcscan.model.config import CHECKPOINTS, CONFIG_NAME, METRICS, TrainConfig
+from idcscan.model.finish import (
+    TTA_VAL_MAX,
+    TrainResult,
+    finish,
+    needs_tta_val,
+    write_run_config,
+)
 from idcscan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-CHECKPOINTS = "checkpoints"
-BUNDLE = "bundle"
-METRICS = "metrics.csv"
-CURVES = "curves.png"
 #: Seconds that do not scale with the schedule: Trainer start/teardown, loading the best
 #: checkpoint, calibration, verifying the ONNX file, plotting, interpreter exit.
 POST_FIT_S = 8.0
 #: Per validation round: checkpoint writes and dataloader rebuilds.
 ROUND_OVERHEAD_S = 0.6
-#: With --tta, calibration and the threshold are fitted on the 8-view outputs of at most this
-#: many validation patches (a seeded sample): 8 views of the whole split cost too much of a
-#: CPU budget.
-TTA_VAL_MAX = 2048
-
-
-def _needs_tta_val(cfg: TrainConfig) -> bool:
-    """Whether anything fitted on validation (temperature, threshold) must see TTA outputs."""
-    return cfg.tta and (cfg.calibration != "none" or cfg.threshold_rule == "balanced")
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    bundle_dir: Path | None  # None on DDP ranks other than 0
-    best_checkpoint: Path | None
-    validation: dict[str, Any]
-    temperature: float
-    threshold: float
-    schedule: dict[str, Any]
-    elapsed_s: float
-
-
 class _DropTips(logging.Filter):
     """Lightning's notices that are not for our users: a cloud-logger advert, the GPU/TPU/HPU
     inventory (the header says what runs where), and "`Trainer.fit` stopped: max_epochs
@@ -183,29 +159,6 @@ def _load_resume(cfg: TrainConfig, run_dir: Path) -> tuple[TrainConfig, dict[str
     return resumed, saved, last
 
 
-def _write_config(run_dir: Path, cfg: TrainConfig, extra: dict[str, Any]) -> None:
-    write_json(run_dir / CONFIG_NAME, {"config": cfg.to_dict(), **extra})
-
-
-def _best_state(path: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint
-    return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-
-
-def _val_logits(net, images: torch.Tensor, batch: int = 256, tta: bool = False) -> np.ndarray:
-    """Logits of the (exported) network; with ``tta`` the graph's 8-view mean."""
-    from idcscan.model.network import DihedralTTA
-
-    net.eval()
-    if tta:
-        net, batch = DihedralTTA(net), max(1, batch // 8)
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(images), batch):
-            out.append(net(images[s: s + batch]).float())
-    return torch.cat(out).numpy()
-
-
 def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     """Train, calibrate and export; ``started`` (time.time()) anchors ``max_minutes``."""
     import lightning as L
@@ -272,7 +225,9 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     if saved.get("schedule"):
         schedule = Schedule.from_dict(saved["schedule"])
     elif deadline is None:
-        schedule = epoch_schedule(steps_per_pass, cfg.frozen_epochs, cfg.finetune_epochs,
+        # --frozen-time-fraction 0 means no frozen phase, with or without a time budget.
+        frozen = cfg.frozen_epochs if cfg.frozen_time_fraction > 0 else 0.0
+        schedule = epoch_schedule(steps_per_pass, frozen, cfg.finetune_epochs,
                                   cfg.warmup_fraction, cfg.final_lr_fraction)
     module = IDCModule(net, schedule, unfreeze=cfg.unfreeze, lr_head=cfg.lr_head,
                        lr_backbone=cfg.lr_backbone, weight_decay=cfg.weight_decay,
@@ -286,7 +241,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     def make_schedule(rates, seconds_left: float) -> Schedule:
         fixed = POST_FIT_S + ROUND_OVERHEAD_S * (cfg.val_rounds + 1)
         # Scoring validation again after fit: 8 views (of a sample) for TTA; once for EMA.
-        if _needs_tta_val(cfg):
+        if needs_tta_val(cfg):
             fixed += rates.val_pass_s * 8 * min(1.0, TTA_VAL_MAX / max(1, len(dm.val_labels)))
         elif cfg.select == "ema":
             fixed += rates.val_pass_s
@@ -310,7 +265,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
 
     def on_schedule(sched: Schedule, _deadline: float | None) -> None:
         run_info["schedule"] = sched.to_dict()
-        _write_config(run_dir, cfg, run_info)
+        write_run_config(run_dir, cfg, run_info)
 
     strategy: Any = "auto"
     if cfg.devices > 1:
@@ -322,12 +277,17 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINTS, filename="best-epoch{epoch:02d}",
         auto_insert_metric_name=False, monitor="val/auc", mode="max", save_top_k=1,
-        save_last=True,
     )
+    # last.ckpt after every round. (Lightning's save_last=True writes it only in rounds that
+    # also save a best checkpoint, so it lagged behind whenever validation AUC did not improve:
+    # --resume replayed rounds, and the EMA in it was not the final one.)
+    latest = ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="last", monitor=None,
+                             save_top_k=1, enable_version_counter=False)
     callbacks: list[Any] = [
         ScheduleFit(dm, deadline=deadline, make_schedule=make_schedule, export_s=export_s,
                     autocast=_autocast(precision, accelerator), on_schedule=on_schedule),
         checkpoint,
+        latest,
         RoundMetricsCSV(run_dir / METRICS, started),
     ]
     ema = None
@@ -361,124 +321,6 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
         return TrainResult(run_dir, None, None, {}, 1.0, 0.5,
                            module.schedule.to_dict() if module.schedule else {},
                            time.time() - started)
-    return _finish(cfg, run_dir, module, dm, checkpoint, run_info, started, ema)
+    return finish(cfg, run_dir, module, dm, checkpoint, run_info, started, ema)
 
 
-def _threshold(rule: str, labels: np.ndarray, probs: np.ndarray) -> float:
-    from idcscan.evaluation.metrics import choose_threshold
-
-    return choose_threshold(labels, probs) if rule == "balanced" else float(rule)
-
-
-def _finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: dict[str, Any],
-            started: float, ema=None) -> TrainResult:
-    """Chosen weights -> prior correction -> temperature -> threshold -> bundle -> checks."""
-    from idcscan.evaluation.metrics import binary_metrics
-    from idcscan.model.calibration import calibrated_probs, fit_temperature
-    from idcscan.model.export import export_bundle
-    from idcscan.model.history import plot_curves
-
-    net = module.net.cpu().float().eval()
-    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None \
-        else math.nan
-    if cfg.select == "best" and best_path is not None and best_path.is_file():
-        net.load_state_dict(_best_state(best_path))
-    elif cfg.select == "ema" and ema is not None and ema.ema is not None:
-        net.load_state_dict(ema.averaged_state())
-    net = net.to(memory_format=torch.contiguous_format)
-    cached = None
-    if cfg.select == "best" and module.best_val is not None and \
-            math.isclose(module.best_val["auc"], best_score, abs_tol=1e-7):
-        cached = module.best_val
-    elif cfg.select == "last" and module.last_val is not None and \
-            module.last_val["step"] == module.global_step:
-        cached = module.last_val
-    val_tta = _needs_tta_val(cfg)
-    if val_tta:
-        keep = np.sort(np.random.default_rng(cfg.seed).permutation(
-            len(dm.val_labels))[:TTA_VAL_MAX])
-        logits = _val_logits(net, dm.val_images[keep], tta=True).astype(np.float64)
-        labels = dm.val_labels.numpy()[keep]
-    elif cached is not None:
-        logits = cached["logits"].numpy().astype(np.float64)
-        labels = cached["labels"].numpy()
-    else:
-        logits = _val_logits(net, dm.val_images).astype(np.float64)
-        labels = dm.val_labels.numpy()
-    if cfg.calibration == "temperature":
-        shift = module.fold_prior_correction()
-        logits = logits + shift
-        temperature = fit_temperature(logits, labels)
-    else:
-        shift, temperature = 0.0, 1.0
-    probs = calibrated_probs(logits, temperature)
-    threshold = _threshold(cfg.threshold_rule, labels, probs)
-    validation = binary_metrics(labels, probs, threshold)
-    validation["n_patients"] = int(len(np.unique(dm.packed.subset("val").patient)))
-    # What these numbers are: the bundle's graph applies TTA when cfg.tta, but validation is
-    # only scored with it where calibration or the threshold depend on it.
-    validation["tta"] = val_tta
-
-    schedule = module.schedule.to_dict() if module.schedule else {}
-    training = {
-        "config": cfg.to_dict(),
-        "schedule": schedule,
-        **{k: v for k, v in run_info.items() if k != "schedule"},
-        "prior_correction": shift,
-        "best_checkpoint": best_path.name if best_path else None,
-        "best_val_auc": best_score,
-        "selected_weights": {"best": "best validation AUC checkpoint", "last": "last step",
-                             "ema": f"EMA of the weights, decay {cfg.ema_decay}"}[cfg.select],
-        "augmentation": {"preset": cfg.augment, **dm.augment.to_dict()} if dm.augment
-        else None,
-        "loss": f"BCE with logits, pos_weight {run_info['pos_weight']:.3f}, "
-                f"label smoothing {cfg.label_smoothing}",
-        "optimizer": f"AdamW, cosine decay per step to {cfg.final_lr_fraction} of the peak "
-                     f"after linear warm-up ({cfg.warmup_fraction} of phase 2)",
-        "calibration": cfg.calibration,
-        "threshold_rule": "max balanced accuracy on the validation patients"
-        if cfg.threshold_rule == "balanced" else f"fixed at {cfg.threshold_rule}",
-        "head": cfg.head,
-    }
-    bundle_dir = run_dir / BUNDLE
-    tmp = run_dir / f".{BUNDLE}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_bundle(
-        net, tmp, tta=cfg.tta,
-        calibration={"method": cfg.calibration, "temperature": temperature},
-        threshold=threshold,
-        metrics={"validation": validation},
-        data=dm.provenance(),
-        training=training,
-    )
-    _check_onnx(net, tmp, dm.val_images[:32], tta=cfg.tta)
-    if bundle_dir.exists():
-        shutil.rmtree(bundle_dir)
-    tmp.replace(bundle_dir)
-
-    if (run_dir / METRICS).is_file():
-        plot_curves(run_dir / METRICS, run_dir / CURVES)
-    elapsed = time.time() - started
-    result_info = {"bundle": str(bundle_dir), "best_checkpoint": str(best_path),
-                   "temperature": temperature, "threshold": threshold,
-                   "validation": validation, "elapsed_s": round(elapsed, 2),
-                   "disclaimer": DISCLAIMER}
-    _write_config(run_dir, cfg, {**run_info, "schedule": schedule, "result": result_info})
-    return TrainResult(run_dir, bundle_dir, best_path, validation, temperature, threshold,
-                       schedule, elapsed)
-
-
-def _check_onnx(net, bundle_dir: Path, images: torch.Tensor, tol: float = 1e-3,
-                tta: bool = False) -> None:
-    """The exported graph must score real patches like the network it came from."""
-    from idcscan.inference.predictor import Predictor
-
-    if len(images) == 0:
-        return
-    expected = _val_logits(net, images, tta=tta)
-    got = Predictor(bundle_dir).logits(images.numpy())
-    diff = float(np.abs(expected - got).max())
-    if not diff <= tol:
-        raise RuntimeError(f"ONNX export differs from the PyTorch network by {diff:.2e} "
-                           f"(> {tol}); this is a bug in idcscan's export.")
