@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from idcscan.inference.bundle import load_bundle, write_card
 from idcscan.inference.predictor import Predictor
 from idcscan.inference.scale import MAX_PATCH_SIDE, PREVIEW_SIDE
 from idcscan.preprocessing import to_patch
@@ -44,9 +44,8 @@ def low_threshold_bundle(tiny_bundle: Path, tmp_path_factory) -> Path:
     so the patches between it and 50% are flagged but called IDC Negative."""
     out = tmp_path_factory.mktemp("low-threshold")
     shutil.copytree(tiny_bundle, out, dirs_exist_ok=True)
-    card = json.loads((out / "model.json").read_text())
-    card["threshold"] = 0.05
-    (out / "model.json").write_text(json.dumps(card))
+    # re-sealed through write_card: a hand-edited model.json is refused at load
+    write_card(load_bundle(out).card.model_copy(update={"threshold": 0.05}), out)
     return out
 
 
