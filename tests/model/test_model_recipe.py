@@ -133,5 +133,6 @@ def test_tta_validation_is_scored_only_when_something_is_fitted_on_it():
 
     plain = TrainConfig(data="", out="", tta=True, calibration="none", threshold_rule="0.5")
     assert not _needs_tta_val(plain)  # nothing is fitted: no 8-view pass to pay for
-    assert _needs_tta_val(TrainConfig(data="", out="", tta=True))
-    assert not _needs_tta_val(TrainConfig(data="", out=""))
+    assert _needs_tta_val(TrainConfig(data="", out="", tta=True, calibration="temperature"))
+    assert _needs_tta_val(TrainConfig(data="", out="", tta=True, threshold_rule="balanced"))
+    assert not _needs_tta_val(TrainConfig(data="", out="", tta=False, calibration="temperature"))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from recipes import FIRST_RECIPE_ARGS
+
 IDCSCAN = str(Path(sys.executable).with_name("idcscan"))
 
 pytestmark = pytest.mark.slow  # starts a real training run
@@ -24,7 +26,8 @@ def test_short_budget_finishes_both_phases_and_exports(prepared_data, tmp_path):
     proc = subprocess.run(
         [IDCSCAN, "train", str(prepared_data), "--out", str(run), "--backbone",
          "test_efficientnet", "--weights", "none", "--input-size", "32", "--batch-size", "16",
-         "--max-minutes", "0.2", "--no-progress"],
+         "--max-minutes", "0.2", "--no-progress",
+         *FIRST_RECIPE_ARGS],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

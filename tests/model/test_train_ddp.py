@@ -12,6 +12,8 @@ from idcscan.inference.bundle import load_bundle
 
 import pytest
 
+from recipes import FIRST_RECIPE_ARGS
+
 pytestmark = pytest.mark.slow  # starts real training runs
 
 IDCSCAN = str(Path(sys.executable).with_name("idcscan"))
@@ -22,7 +24,8 @@ def test_two_process_ddp_on_cpu(prepared_data, tmp_path):
     proc = subprocess.run(
         [IDCSCAN, "train", str(prepared_data), "--out", str(run), "--backbone",
          "test_efficientnet", "--weights", "none", "--input-size", "32", "--batch-size", "8",
-         "--frozen-epochs", "1", "--finetune-epochs", "1", "--devices", "2", "--no-progress"],
+         "--frozen-epochs", "1", "--finetune-epochs", "1", "--devices", "2", "--no-progress",
+         *FIRST_RECIPE_ARGS],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,6 +17,8 @@ from idcscan.inference.predictor import Predictor
 from idcscan.model.config import TrainConfig
 from idcscan.model.train import TrainResult, build_network, train
 
+from recipes import FIRST_RECIPE  # noqa: E402
+
 pytestmark = pytest.mark.slow  # starts real training runs
 
 
@@ -25,8 +27,8 @@ def run(prepared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainR
     out = tmp_path_factory.mktemp("run") / "run"
     cfg = TrainConfig(
         data=str(prepared_data), out=str(out), backbone="tf_efficientnet_lite0",
-        weights="imagenet", input_size=32, batch_size=16, frozen_epochs=1, finetune_epochs=0.5,
-        progress=False, seed=0,
+        weights="imagenet", input_size=32, batch_size=16, finetune_epochs=0.5,
+        progress=False, seed=0, **FIRST_RECIPE,
     )
     return train(cfg)
 
