@@ -169,7 +169,10 @@ def test_rerun_on_an_existing_cluster_skips_finished_slides(
     from idcscan.inference.cohort import run_cohort
 
     scheduler_file = tmp_path / "scheduler.json"
-    client.write_scheduler_file(str(scheduler_file))
+    # what `dask scheduler --scheduler-file` writes, reduced to the field clients read;
+    # Client.write_scheduler_file dumps the whole scheduler_info, which can hold tuple keys
+    # (TypeError in json) once the module's earlier tests have run tasks on this cluster
+    scheduler_file.write_text(json.dumps({"address": client.scheduler.address}))
     out = tmp_path / "out"
     first = run_cohort(
         trained_bundle, [slides], out, cluster=str(scheduler_file), shard="1/3", progress=False
