@@ -48,8 +48,9 @@ ProgressFn = Callable[[int, int], None]
 #: Slide maps estimate an *area*: the share of tissue that is IDC. The bundle's threshold is
 #: chosen for balanced accuracy, which deliberately over-calls the minority class (it trades
 #: false positives for sensitivity), so counting tiles at it inflates the IDC fraction. On
-#: calibrated probabilities the tile call at 0.5 is the most-likely class of each tile, whose
-#: count is the unbiased estimate of the IDC area. ``--threshold`` overrides it.
+#: probabilities calibrated to the IDC share the tile call at 0.5 is the most-likely class of
+#: each tile, whose count estimates the IDC area. A class-balanced bundle (the default recipe)
+#: over-counts at 0.5 (docs/RESULTS.md, slide mode under CV). ``--threshold`` overrides it.
 AREA_THRESHOLD = 0.5
 
 
