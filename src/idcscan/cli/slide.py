@@ -61,15 +61,17 @@ def slide(
     from idcscan.inference.slide import ScaleWarning, SlideOptions, run_slides
 
     check_bundle_first("slide", bundle, inputs)
-    if load_bundle(bundle).card.demo:
+    # one load (and checksum) of the bundle here; cohort workers load their own
+    predictor = Predictor(bundle, batch_size=batch_size) if cluster is None else None
+    card = predictor.card if predictor is not None else load_bundle(bundle).card
+    if card.demo:
         print_warning("DEMO model trained on synthetic data: its maps mean nothing.")
     options = SlideOptions(
         mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScaleWarning)
-        if cluster is None:
-            predictor = Predictor(bundle, batch_size=batch_size)
+        if predictor is not None:
             report = run_slides(predictor, inputs, out_dir, options, shard=shard,
                                 console=console, progress=console.is_terminal)
         else:

@@ -42,7 +42,7 @@ def train_header(config: TrainConfig) -> str:
     )
     data = Path(config.data)
     try:
-        packed = load_packed(data)
+        packed = load_packed(data, config.splits)  # cv folds train on a splits file
         parts = []
         for split, label in (("train", "train"), ("val", "validation")):
             sel = packed.split == split
