@@ -49,7 +49,8 @@ class SlideRow:
     @property
     def qc(self) -> dict[str, Any]:
         """Artefact-QC fields of summary.json (``qc_*`` keys), when slide mode wrote any."""
-        return {k: v for k, v in self.summary.items() if k.lower().startswith("qc")}
+        # qc_* counts only: the "qc" key holds the rule settings, not findings
+        return {k: v for k, v in self.summary.items() if k.lower().startswith("qc_")}
 
 
 def collect_slides(out_dir: Path) -> list[SlideRow]:
