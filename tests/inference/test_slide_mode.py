@@ -83,20 +83,31 @@ def test_idc_is_mapped_where_it_was_painted(mapped: Path) -> None:
 
     with open(folder / "tiles.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        assert reader.fieldnames == ["x", "y", "probability"]
-        tiles = [(int(r["x"]), int(r["y"]), float(r["probability"])) for r in reader]
+        assert reader.fieldnames == ["x", "y", "probability", "patch_probability"]
+        rows = list(reader)
+    tiles = [(int(r["x"]), int(r["y"]), float(r["patch_probability"])) for r in rows]
     # tissue columns 0-3 x rows 0-3; the glass column (x >= 3200) is never classified
     assert sorted((x, y) for x, y, _ in tiles) == [
         (x, y) for x in range(0, 3200, 800) for y in range(0, 3200, 800)
     ]
-    for x, y, p in tiles:
+    for x, y, p in tiles:  # each tile on its own pixels: IDC where IDC was painted
         share = idc_share(x, y, 800)
         if share >= 0.8:
             assert p >= 0.5, (x, y, p)
         elif share <= 0.1:
             assert p < 0.5, (x, y, p)
 
-    n_idc = sum(p >= 0.5 for _, _, p in tiles)
+    # the map: each tile read with its neighbours (sigma one patch), from the same patch values
+    from idcscan.inference.context import smooth_probabilities
+
+    xs = np.array([t[0] for t in tiles]) // 800
+    ys = np.array([t[1] for t in tiles]) // 800
+    mapped_p = np.array([float(r["probability"]) for r in rows])
+    expected = smooth_probabilities(ys, xs, np.array([t[2] for t in tiles]), 1.0)
+    assert np.allclose(mapped_p, expected, atol=2e-3)  # from the CSV's 6 decimals
+    assert summary["context"] == 1.0 and summary["threshold_rule"]
+    # the IDC area is counted at the bundle's area threshold, on the mapped values
+    n_idc = int(np.count_nonzero(mapped_p >= summary["threshold"]))
     assert summary["n_tiles"] == 16 and summary["n_idc_tiles"] == n_idc
     assert summary["idc_fraction"] == pytest.approx(n_idc / 16)
     tile_mm2 = (800 * MPP / 1000) ** 2
@@ -192,8 +203,9 @@ def test_overlapping_tiles_average_into_finer_cells(trained_bundle: Path, tmp_pa
     (path,) = _plain_slides(tmp_path, 1)
     predictor = Predictor(trained_bundle)
     with open_slide(path) as reader:
-        plain = map_slide(predictor, reader, SlideOptions(mpp=4.0))
-        fine = map_slide(predictor, reader, SlideOptions(mpp=4.0, stride=25))
+        # each tile alone (no spatial context): this is about how overlapping tiles average
+        plain = map_slide(predictor, reader, SlideOptions(mpp=4.0, context=0))
+        fine = map_slide(predictor, reader, SlideOptions(mpp=4.0, stride=25, context=0))
     assert fine.grid.stride == 25 and fine.cells.shape == (4, 6)
     assert len(fine.probabilities) > len(plain.probabilities)
     # the IDC corner (top-left 50 px = cells [0:2, 0:2]) is hotter than the normal tissue
@@ -241,17 +253,22 @@ def _decode_data_url(url: str) -> Image.Image:
 
 def test_post_slide_maps_an_uploaded_image(client, tmp_path: Path) -> None:
     (path,) = _plain_slides(tmp_path, 1)
-    r = client.post("/slide", files={"file": ("slide0.png", path.read_bytes(), "image/png")})
+    r = client.post("/slide?context=0",
+                    files={"file": ("slide0.png", path.read_bytes(), "image/png")})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["n_tiles"] == 4 and 0.0 <= body["idc_fraction"] <= 1.0
+    assert body["context"] == 0.0
     assert body["disclaimer"] == DISCLAIMER
     assert body["mpp_source"] == "assumed" and body["warnings"]
     image, heatmap = _decode_data_url(body["image"]), _decode_data_url(body["heatmap"])
     assert image.size == heatmap.size and heatmap.mode == "RGBA"
     alpha = np.asarray(heatmap)[..., 3]
-    assert alpha[:, : alpha.shape[1] // 2].mean() > 200  # tissue half coloured
-    assert alpha[:, -alpha.shape[1] // 5 :].max() == 0  # glass transparent
+    h, w = alpha.shape
+    # one colour scale: the IDC corner drawn (opaque), low P(IDC) and glass left clear
+    assert alpha[: h // 2, : w // 3].mean() > 200
+    assert alpha[h // 2 :, w // 3 : 2 * w // 3].mean() < alpha[: h // 2, : w // 3].mean()
+    assert alpha[:, -w // 5 :].max() == 0
     assert body["regions"]["type"] == "FeatureCollection"
 
 

@@ -41,8 +41,13 @@ def slide(
     ),
     batch_size: int = typer.Option(64, help="Tiles per ONNX Runtime call."),
     threshold: float | None = typer.Option(
-        None, help="P(IDC) from which a tile counts as IDC. Default 0.5 on calibrated P(IDC): "
-        "unbiased IDC areas (the bundle's threshold favours sensitivity)."
+        None, help="P(IDC) from which a tile counts towards the IDC area. Default: IDC more "
+        "likely than not at the training IDC share (for a class-balanced bundle w/(1+w), w "
+        "its pos_weight; else 0.5), which keeps areas unbiased."
+    ),
+    context: float = typer.Option(
+        1.0, help="Spatial context: each tile's P(IDC) is the Gaussian-weighted mean log-odds "
+        "of the tissue tiles around it, sigma in patches; 0 scores each tile alone."
     ),
     cluster: str | None = typer.Option(
         None,
@@ -67,7 +72,8 @@ def slide(
     if card.demo:
         print_warning("DEMO model trained on synthetic data: its maps mean nothing.")
     options = SlideOptions(
-        mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold
+        mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold,
+        context=context,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScaleWarning)

@@ -6,9 +6,7 @@ thumbnail-sized heatmap.png. Everything here is rebuilt from ``summary.json``,
 ``tiles.csv`` and ``qc_tiles.csv``, so a folder made by the command line opens in the viewer
 exactly like one made from the viewer.
 
-The colour layer uses matplotlib's ``inferno`` (perceptually uniform, readable by people with
-colour-vision deficiencies) with an opacity that rises with P(IDC): cells below
-``ALPHA_FROM`` are fully transparent and the tissue under them stays readable.
+The colour layer is ``idcscan.inference.colour``'s, the same as heatmap.png's.
 """
 
 from __future__ import annotations
@@ -25,12 +23,9 @@ import numpy as np
 from PIL import Image
 
 from idcscan.errors import IdcscanError
+from idcscan.inference.colour import idc_rgba
 from idcscan.inference.qc import KINDS
 
-COLORMAP = "inferno"
-#: P(IDC) at which the colour layer starts to show, and where it reaches full opacity
-ALPHA_FROM = 0.2
-ALPHA_FULL = 0.7
 
 
 @dataclass
@@ -45,6 +40,9 @@ class MapGrid:
     threshold: float
     probabilities: np.ndarray  # (rows, cols) float, NaN: not scored
     qc: np.ndarray  # (rows, cols) uint8 QC kind code of tiles left out, 0 otherwise
+    #: (rows, cols) P(IDC) of each tile from its own pixels, without spatial context (None:
+    #: a folder written before slide mode used context, where the two are the same)
+    patch_probabilities: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -56,10 +54,8 @@ class MapGrid:
 
     def as_json(self) -> dict[str, Any]:
         """The grid for a browser: lists, ``None`` for tiles that were not scored."""
-        probs = [
-            [None if math.isnan(v) else round(v, 4) for v in row]
-            for row in self.probabilities.tolist()
-        ]
+        probs = _json_grid(self.probabilities)
+        alone = probs if self.patch_probabilities is None else _json_grid(self.patch_probabilities)
         return {
             "width": self.width,
             "height": self.height,
@@ -70,6 +66,7 @@ class MapGrid:
             "cols": self.cols,
             "rows": self.rows,
             "probabilities": probs,
+            "patch_probabilities": alone,
             "qc": self.qc.tolist(),
             "qc_kinds": ["", *KINDS],
         }
@@ -81,6 +78,10 @@ class MapGrid:
             return None
         v = float(self.probabilities[r, c])
         return None if math.isnan(v) else v
+
+
+def _json_grid(values: np.ndarray) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else round(v, 4) for v in row] for row in values.tolist()]
 
 
 def load_grid(folder: str | Path) -> MapGrid:
@@ -95,8 +96,10 @@ def load_grid(folder: str | Path) -> MapGrid:
     cols = math.ceil(max(width - tile, 0) / stride) + 1
     rows = math.ceil(max(height - tile, 0) / stride) + 1
     probs = np.full((rows, cols), np.nan, dtype=np.float64)
-    for x, y, value in _rows(folder / "tiles.csv", "probability"):
+    alone = np.full((rows, cols), np.nan, dtype=np.float64)
+    for x, y, value, own in _tile_rows(folder / "tiles.csv"):
         probs[y // stride, x // stride] = float(value)
+        alone[y // stride, x // stride] = float(own)
     qc = np.zeros((rows, cols), dtype=np.uint8)
     for x, y, kind in _rows(folder / "qc_tiles.csv", "kind"):
         if kind in KINDS:
@@ -104,7 +107,17 @@ def load_grid(folder: str | Path) -> MapGrid:
     return MapGrid(
         width=width, height=height, tile=tile, stride=stride, mpp=float(summary["mpp"]),
         threshold=float(summary["threshold"]), probabilities=probs, qc=qc,
+        patch_probabilities=alone,
     )  # fmt: skip
+
+
+def _tile_rows(path: Path) -> list[tuple[int, int, str, str]]:
+    """tiles.csv rows: x, y, P(IDC) on the map, P(IDC) of the tile alone."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [(int(r["x"]), int(r["y"]), r["probability"],
+                 r.get("patch_probability") or r["probability"]) for r in csv.DictReader(fh)]
 
 
 def _rows(path: Path, column: str) -> list[tuple[int, int, str]]:
@@ -115,14 +128,8 @@ def _rows(path: Path, column: str) -> list[tuple[int, int, str]]:
 
 
 def overlay_rgba(grid: MapGrid) -> np.ndarray:
-    """One pixel per tile: ``inferno`` colour, opacity rising with P(IDC) (RGBA uint8)."""
-    from matplotlib import colormaps
-
-    p = np.nan_to_num(grid.probabilities, nan=0.0)
-    rgba = colormaps[COLORMAP](p, bytes=True)
-    ramp = np.clip((p - ALPHA_FROM) / (ALPHA_FULL - ALPHA_FROM), 0.0, 1.0)
-    rgba[..., 3] = np.where(np.isnan(grid.probabilities), 0, np.round(ramp * 235)).astype(np.uint8)
-    return rgba
+    """One pixel per tile, in the P(IDC) colour scale (RGBA uint8)."""
+    return idc_rgba(grid.probabilities)
 
 
 def overlay_png(grid: MapGrid) -> bytes:

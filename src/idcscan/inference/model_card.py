@@ -19,6 +19,7 @@ from typing import Any
 
 from idcscan import DISCLAIMER
 from idcscan.inference.bundle import ModelCard
+from idcscan.inference.context import CONTEXT_SIGMA, area_threshold
 from idcscan.inference.labels import CLASS_NAMES, DECISION_THRESHOLD, percent
 
 #: Where ``find_report`` looks for an evaluation report, relative to the bundle folder.
@@ -173,6 +174,15 @@ def calibration_text(method: str, temperature: float) -> str:
     return method
 
 
+def _slide_area_text(card: ModelCard) -> str:
+    threshold, _ = area_threshold(card)
+    why = ("IDC more likely than not at the IDC share the model was trained on; P(IDC) is "
+           "class-balanced, so 50% would over-count IDC area") if threshold != 0.5 else (
+           "IDC more likely than not")
+    return (f"each tile's P(IDC) is read with its neighbours (sigma {CONTEXT_SIGMA:g} patch) "
+            f"and counts towards the IDC area from {percent(threshold)}: {why}.")
+
+
 def readable_card(
     card: ModelCard, report: dict[str, Any] | None = None, report_link: str | None = None
 ) -> dict[str, Any]:
@@ -194,6 +204,7 @@ def readable_card(
                   "chosen on validation patients for balanced sensitivity and specificity. "
                   "It catches more IDC at the cost of false alarms.",
         "review_threshold": card.threshold,
+        "slide_area": _slide_area_text(card),
     }
     sections = [{"title": "Model", "rows": model_rows}, _data_section(card)]
     validation = _validation_section(card)
@@ -220,7 +231,8 @@ def card_markdown(readable: dict[str, Any]) -> str:
     lines = [f"# Model card: {readable['title']}", "", f"> **{readable['disclaimer']}**", "",
              readable["summary"], "", "## Decision", "",
              f"- **Call:** {readable['decision']['call']}",
-             f"- **Review flag:** {readable['decision']['review']}", ""]
+             f"- **Review flag:** {readable['decision']['review']}",
+             f"- **Slide maps:** {readable['decision']['slide_area']}", ""]
     for section in readable["sections"]:
         lines += [f"## {section['title']}", "", "| | |", "|---|---|"]
         lines += [f"| {a} | {b} |" for a, b in section["rows"]]

@@ -28,6 +28,13 @@ import numpy as np
 from idcscan import DISCLAIMER
 from idcscan.progress import progress_bar
 from idcscan.errors import IdcscanError
+from idcscan.inference.context import (
+    CONTEXT_SIGMA,
+    area_threshold,
+    check_context,
+    sigma_in_cells,
+    smooth_probabilities,
+)
 from idcscan.inference.predictor import Predictor
 from idcscan.inference.qc import KIND_CODES, KINDS, QCParams, blurry, paint_tiles, screen_tiles
 from idcscan.inference.slide_failures import clear_failure, read_failures, record_failure
@@ -45,15 +52,6 @@ THUMB_MAX_SIDE = 2048
 ProgressFn = Callable[[int, int], None]
 
 
-#: Slide maps estimate an *area*: the share of tissue that is IDC. The bundle's threshold is
-#: chosen for balanced accuracy, which deliberately over-calls the minority class (it trades
-#: false positives for sensitivity), so counting tiles at it inflates the IDC fraction. On
-#: probabilities calibrated to the IDC share the tile call at 0.5 is the most-likely class of
-#: each tile, whose count estimates the IDC area. A class-balanced bundle (the default recipe)
-#: over-counts at 0.5 (docs/RESULTS.md, slide mode under CV). ``--threshold`` overrides it.
-AREA_THRESHOLD = 0.5
-
-
 class ScaleWarning(UserWarning):
     """The slide's scale was assumed, or is coarser than the training scale."""
 
@@ -68,9 +66,11 @@ class SlideOptions:
     stride: int | None = None
     tta: bool = False
     batch_size: int = 64
-    #: P(IDC) at which a cell counts as IDC (None: AREA_THRESHOLD; see there why it is not
-    #: the bundle's patch threshold)
+    #: P(IDC) at which a tile counts as IDC (None: IDC more likely than not at the training
+    #: IDC share, ``context.area_threshold``; not the 50% patch call nor the review threshold)
     threshold: float | None = None
+    #: spatial context: Gaussian sigma in patches over neighbouring tiles' log-odds (0: off)
+    context: float = CONTEXT_SIGMA
     tissue: TissueParams = field(default_factory=TissueParams)
     prefetch: int = 2
     #: artefact QC (pen, blur, fold, bubble) before scoring; see ``idcscan.inference.qc``
@@ -108,6 +108,10 @@ class SlideSummary:
     qc_excluded_mm2: float = 0.0
     qc_tiles: dict[str, int] = field(default_factory=dict)
     qc: dict[str, Any] = field(default_factory=dict)
+    #: why ``threshold`` has its value (the area call; see ``idcscan.inference.context``)
+    threshold_rule: str = ""
+    #: spatial context sigma, in patches (0: each tile alone; summaries before 0.2 had none)
+    context: float = 0.0
     disclaimer: str = DISCLAIMER
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +121,7 @@ class SlideSummary:
     CSV_COLUMNS = (
         "slide", "path", "width", "height", "mpp", "mpp_source", "level", "tile_size",
         "stride", "n_tiles", "n_idc_tiles", "tissue_area_mm2", "idc_area_mm2",
-        "idc_fraction", "n_regions", "threshold", "tta", "time_total_s", "model",
+        "idc_fraction", "n_regions", "threshold", "context", "tta", "time_total_s", "model",
         "model_sha256", "demo", "qc_excluded_mm2",
     )  # fmt: skip
 
@@ -140,7 +144,7 @@ class SlideMap:
     mpp_source: str
     grid: TileGrid
     tile_index: np.ndarray  # classified (tissue) tiles, row-major grid indices
-    probabilities: np.ndarray  # P(IDC) per classified tile
+    probabilities: np.ndarray  # P(IDC) per classified tile, with spatial context
     cells: np.ndarray  # (cell_rows, cell_cols) mean P(IDC), NaN where not classified
     thumbnail: np.ndarray  # RGB uint8
     tissue: np.ndarray  # bool tissue mask (its own size: ~16 px per tile or the thumbnail's)
@@ -149,6 +153,10 @@ class SlideMap:
     tta: bool
     model: dict[str, str]
     tissue_params: TissueParams
+    #: P(IDC) of each classified tile from its own pixels alone (what /predict would give)
+    patch_probabilities: np.ndarray = field(default_factory=lambda: np.empty(0))
+    threshold_rule: str = ""
+    context: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     demo: bool = False
     #: artefact QC: labels over the tissue mask's pixels (``qc.KIND_CODES``; blurred tiles
@@ -201,6 +209,8 @@ class SlideMap:
             n_regions=n_regions,
             threshold=self.threshold,
             tta=self.tta,
+            threshold_rule=self.threshold_rule,
+            context=self.context,
             reader=str(self.reader.get("backend", "")),
             timings={k: round(v, 4) for k, v in self.timings.items()},
             model=self.model,
@@ -270,9 +280,13 @@ def map_slide(
         )
     if options.batch_size < 1:
         raise IdcscanError(f"--batch-size must be at least 1, got {options.batch_size}.")
-    threshold = AREA_THRESHOLD if options.threshold is None else float(options.threshold)
+    if options.threshold is None:
+        threshold, threshold_rule = area_threshold(card)
+    else:
+        threshold, threshold_rule = float(options.threshold), "--threshold"
     if not 0.0 <= threshold <= 1.0:
         raise IdcscanError(f"--threshold must be between 0 and 1, got {threshold}.")
+    check_context(options.context)
 
     mpp, mpp_source = resolve_mpp(reader, options.mpp, card.mpp)
     if mpp > card.mpp * 1.25:
@@ -340,6 +354,10 @@ def map_slide(
     paint_tiles(labels, mask, qc_tiles[qc_kinds == blur], grid.cols, grid.stride, grid.tile,
                 scale_x, blur)  # fmt: skip
 
+    rows, cols = np.divmod(tile_index, grid.cols)
+    sigma = sigma_in_cells(options.context, grid.tile, grid.stride)
+    patch_probabilities = probabilities
+    probabilities = smooth_probabilities(rows, cols, patch_probabilities, sigma)
     cells = grid.cell_means(tile_index, probabilities)
     return SlideMap(
         name=name or Path(reader.name).stem,
@@ -355,6 +373,9 @@ def map_slide(
         tissue=mask,
         tissue_threshold=sat_threshold,
         threshold=threshold,
+        threshold_rule=threshold_rule,
+        context=float(options.context),
+        patch_probabilities=patch_probabilities,
         tta=options.tta,
         model={
             "name": card.name,

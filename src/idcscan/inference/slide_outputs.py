@@ -26,13 +26,14 @@ from PIL import Image
 from scipy import ndimage
 
 from idcscan import DISCLAIMER
+from idcscan.inference.colour import ALPHA_FROM, COLORMAP, OUTLINE_COLOR, idc_rgba, opacity
 from idcscan.inference.polygons import GridPolygon, mask_polygons
 from idcscan.inference.qc import KINDS, qc_layer
 from idcscan.inference.slide import SUMMARY_JSON, SlideMap, SlideSummary
 
 IDC_COLOR = (230, 25, 75)
-COLORMAP = "turbo"
-OVERLAY_ALPHA = 0.45
+#: opacity of the P(IDC) colours over the thumbnail where P(IDC) is high (colour.opacity)
+OVERLAY_ALPHA = 0.75
 
 
 def cell_image(slide: SlideMap, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -50,30 +51,23 @@ def overlay(
     slide: SlideMap, alpha: float = OVERLAY_ALPHA, size: tuple[int, int] | None = None
 ) -> Image.Image:
     """The thumbnail (or ``size``) with P(IDC) colour-mapped over the classified cells."""
-    from matplotlib import colormaps
-
     base = Image.fromarray(slide.thumbnail, mode="RGB")
     if size is not None and size != base.size:
         base = base.resize(size, Image.Resampling.BILINEAR)
     probs = cell_image(slide, base.size)
-    classified = ~np.isnan(probs)
-    colours = colormaps[COLORMAP](np.nan_to_num(probs, nan=0.0))[..., :3] * 255.0
-    out = np.asarray(base, dtype=np.float32).copy()
-    out[classified] = out[classified] * (1 - alpha) + colours[classified] * alpha
+    colours = idc_rgba(probs)[..., :3].astype(np.float32)
+    weight = (opacity(probs) * alpha)[..., None]
+    out = np.asarray(base, dtype=np.float32) * (1 - weight) + colours * weight
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
 def heatmap_layer(slide: SlideMap, alpha: int = 255) -> Image.Image:
     """P(IDC) colours over the classified cells, transparent elsewhere (RGBA, thumbnail size).
 
-    Made to be laid over the thumbnail by a viewer that sets its own opacity (the web page).
+    Made to be laid over the thumbnail by a viewer that sets its own opacity (the web page);
+    low P(IDC) stays transparent as in every map (``idcscan.inference.colour``).
     """
-    from matplotlib import colormaps
-
-    probs = cell_image(slide)
-    classified = ~np.isnan(probs)
-    rgba = colormaps[COLORMAP](np.nan_to_num(probs, nan=0.0), bytes=True)
-    rgba[..., 3] = np.where(classified, alpha, 0)
+    rgba = idc_rgba(cell_image(slide), max_alpha=alpha)
     return Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA")
 
 
@@ -168,7 +162,8 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     for poly in polygons:
         for ring in [poly.exterior, *poly.holes]:
             pts = np.asarray(_vertices(ring, slide), dtype=np.float64)
-            ax.plot(pts[:, 0] / sx - 0.5, pts[:, 1] / sy - 0.5, color="white", linewidth=0.8)
+            ax.plot(pts[:, 0] / sx - 0.5, pts[:, 1] / sy - 0.5, color=OUTLINE_COLOR,
+                    linewidth=0.9)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
@@ -181,7 +176,10 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     )
     cax = fig.add_axes((0.87, 0.15, 0.025, 0.7))
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[COLORMAP]), cax=cax)
-    bar.set_label("P(IDC)")
+    bar.set_label(f"P(IDC), uncoloured below {ALPHA_FROM:.0%}")
+    bar.ax.axhline(slide.threshold, color=OUTLINE_COLOR, linewidth=2)
+    bar.ax.text(-0.4, slide.threshold, "IDC area", ha="right", va="center", fontsize=7,
+                color="black", transform=bar.ax.get_yaxis_transform())
     footer = "\n".join(textwrap.wrap(DISCLAIMER, 110))
     fig.text(0.5, 0.02, footer, ha="center", va="bottom", fontsize=7, color="#7a4b00")
     buf = io.BytesIO()
@@ -193,9 +191,13 @@ def write_tiles_csv(slide: SlideMap, path: Path) -> None:
     xs, ys = slide.tile_origins()
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["x", "y", "probability"])
-        for x, y, p in zip(xs.tolist(), ys.tolist(), slide.probabilities.tolist()):
-            writer.writerow([x, y, f"{p:.6f}"])
+        writer.writerow(["x", "y", "probability", "patch_probability"])
+        alone = slide.patch_probabilities
+        if len(alone) != len(slide.probabilities):
+            alone = slide.probabilities
+        for x, y, p, q in zip(xs.tolist(), ys.tolist(), slide.probabilities.tolist(),
+                              alone.tolist()):
+            writer.writerow([x, y, f"{p:.6f}", f"{q:.6f}"])
 
 
 def write_qc(slide: SlideMap, directory: Path) -> None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from idcscan import DISCLAIMER
+from idcscan.inference.context import CONTEXT_SIGMA
 from idcscan.inference.images import png_data_url
 from idcscan.inference.slide import ScaleWarning, SlideOptions, map_slide
 from idcscan.inference.slide_outputs import geojson, heatmap_layer, idc_polygons
@@ -52,7 +53,12 @@ class SlideResponse(BaseModel):
     idc_fraction: float = Field(description="IDC tiles / tissue tiles, from 0 to 1.")
     n_regions: int
     threshold: float = Field(
-        description="P(IDC) from which a tile is called IDC, 0 to 1: 0.5, the call of /predict."
+        description="P(IDC) from which a tile counts towards the IDC area, 0 to 1: IDC more "
+        "likely than not at the model's training IDC share (see threshold_rule)."
+    )
+    threshold_rule: str = Field(description="Why the threshold has its value, in words.")
+    context: float = Field(
+        description="Spatial context sigma in patches the map was made with (0: tiles alone)."
     )
     tta: bool
     timings: dict[str, float]
@@ -141,6 +147,11 @@ async def slide(
         None, ge=1, description="Tile step in training-scale pixels (default: the patch size)."
     ),
     tta: bool = Query(False, description="Average the 8 flips/rotations of each tile."),
+    context: float = Query(
+        CONTEXT_SIGMA, ge=0, le=10,
+        description="Spatial context: each tile's P(IDC) is the Gaussian-weighted mean "
+        "log-odds of the tissue tiles around it, sigma in patches; 0 scores each tile alone.",
+    ),
     state: ServerState = Depends(get_state),
 ) -> dict[str, Any]:
     """Upload a large image in multipart field ``file``; get the IDC map and its summary."""
@@ -149,7 +160,7 @@ async def slide(
         request, max_bytes=max_bytes + ENVELOPE_BYTES, max_file_bytes=max_bytes, max_parts=8
     )
     upload = one_file(parts, "file")
-    options = SlideOptions(mpp=mpp, stride=stride, tta=tta)
+    options = SlideOptions(mpp=mpp, stride=stride, tta=tta, context=context)
     async with _lock(request):
         return await run_in_threadpool(
             _analyse, state, upload.data, PurePath(upload.filename or "upload").name, options

@@ -122,6 +122,7 @@
       el("h3", { class: "panel__subtitle", text: "Decision" }),
       el("p", { class: "small prose" }, [el("strong", { text: "Call: " }), card.decision.call]),
       el("p", { class: "small prose" }, [el("strong", { text: "Review flag: " }), card.decision.review]),
+      el("p", { class: "small prose" }, [el("strong", { text: "Slide maps: " }), card.decision.slide_area]),
     );
     for (const sec of card.sections) {
       const frag = document.createDocumentFragment();

@@ -101,7 +101,9 @@ function readout(event) {
   const qc = r < grid.rows && c < grid.cols ? grid.qc[r][c] : 0;
   let text;
   if (value !== null && value !== undefined) {
-    text = `P(IDC) ${(value * 100).toFixed(1)}%` + (value >= grid.threshold ? " · IDC" : "");
+    const alone = grid.patch_probabilities ? grid.patch_probabilities[r][c] : null;
+    text = `P(IDC) ${(value * 100).toFixed(1)}%` + (value >= grid.threshold ? " · IDC area" : "")
+      + (alone !== null && alone !== undefined ? ` (this tile alone ${(alone * 100).toFixed(1)}%)` : "");
   } else if (qc) {
     text = `left out by QC: ${grid.qc_kinds[qc]}`;
   } else {

@@ -1,0 +1,35 @@
+"""The one colour scale of P(IDC) maps: heatmap.png, the large-image page and the viewer.
+
+matplotlib's ``inferno``: perceptually uniform and readable with colour-vision deficiencies,
+so equal steps of P(IDC) look like equal steps, unlike a rainbow whose bright bands make low
+values look like findings. The scale is absolute (0 to 100% P(IDC), never stretched per slide)
+and its opacity rises with P(IDC): below ``ALPHA_FROM`` a tile is not coloured at all, so the
+tissue under a low value stays readable and only evidence of IDC draws the eye.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COLORMAP = "inferno"
+#: P(IDC) at which colour starts to show, and where it reaches full opacity
+ALPHA_FROM = 0.2
+ALPHA_FULL = 0.7
+#: IDC region outlines: cyan stands apart from both inferno and H&E pinks and purples
+OUTLINE_COLOR = "#22d3ee"
+
+
+def opacity(probabilities: np.ndarray) -> np.ndarray:
+    """0..1 opacity per value: 0 below ALPHA_FROM (and where NaN), 1 from ALPHA_FULL."""
+    p = np.nan_to_num(probabilities, nan=0.0)
+    ramp = np.clip((p - ALPHA_FROM) / (ALPHA_FULL - ALPHA_FROM), 0.0, 1.0)
+    return np.where(np.isnan(probabilities), 0.0, ramp)
+
+
+def idc_rgba(probabilities: np.ndarray, max_alpha: int = 235) -> np.ndarray:
+    """RGBA uint8 per value: the colour of P(IDC), alpha ``opacity * max_alpha``."""
+    from matplotlib import colormaps
+
+    rgba = colormaps[COLORMAP](np.nan_to_num(probabilities, nan=0.0), bytes=True)
+    rgba[..., 3] = np.round(opacity(probabilities) * max_alpha).astype(np.uint8)
+    return rgba
