@@ -279,7 +279,9 @@ def test_report_command_with_patients(
     s0, s1 = (json.loads((single / n / "summary.json").read_text()) for n in GOOD[:2])
     p1 = (s0["n_idc_tiles"] + s1["n_idc_tiles"]) / (s0["n_tiles"] + s1["n_tiles"])
     assert f'data-sort="{p1}"' in page
-    assert "two synthetic textures" in page  # the model card
+    assert "two synthetic textures" in page  # the model card, in words, not raw JSON:
+    assert "IDC Positive when P(IDC) ≥ 50.00%" in page and "Slide maps" in page
+    assert '{"method"' not in page.split("<details>")[0]
 
     patients.write_text("file,who\nx,y\n")
     bad = CliRunner().invoke(app, args)

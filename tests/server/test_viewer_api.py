@@ -274,3 +274,25 @@ def test_serve_cli_browses_a_folder_and_refuses_a_missing_one(
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
     assert f"http://127.0.0.1:{port}/browse" in " ".join(log.read_text().split())
+
+
+def test_serve_slides_builds_its_viewer_with_the_app_before_any_request(
+    tiny_bundle: Path, slides_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `serve --slides` process builds one viewer at start-up: concurrent first
+    requests cannot race to build two (with two map stores and two slide caches)."""
+    from idcscan.server.app import create_app_from_env
+    from idcscan.server.viewer_routes import ENV_MAPS, ENV_SLIDES
+
+    monkeypatch.setenv("IDCSCAN_SERVE_BUNDLE", str(tiny_bundle))
+    monkeypatch.setenv(ENV_SLIDES, str(slides_dir))
+    monkeypatch.setenv(ENV_MAPS, str(tmp_path / "maps"))
+    app = create_app_from_env()
+    viewer = app.state.idcscan_viewer  # there before the first request
+    with TestClient(app) as c:
+        assert c.get("/api/slides").status_code == 200
+        assert app.state.idcscan_viewer is viewer
+    monkeypatch.delenv(ENV_SLIDES)
+    plain = create_app_from_env()  # without --slides: no viewer, its routes are 404s
+    with TestClient(plain) as c:
+        assert c.get("/api/slides").status_code == 404

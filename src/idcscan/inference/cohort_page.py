@@ -99,6 +99,43 @@ def _patient_table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _readable_card_html(card: dict[str, Any]) -> str:
+    """The model card as people read it (the same words as ``idcscan card`` and the
+    dashboard: ``model_card.readable_card``), or a one-line reason when it cannot be read."""
+    from pydantic import ValidationError
+
+    from idcscan.inference.bundle import ModelCard
+    from idcscan.inference.model_card import readable_card
+
+    try:
+        readable = readable_card(ModelCard.model_validate(card))
+    except ValidationError as exc:
+        return f"<p class='warn'>The model card cannot be read: {html.escape(str(exc))}</p>"
+    parts = []
+    if readable["demo"]:
+        parts.append("<p class='warn'>Demo model: not trained on real data; its maps mean "
+                     "nothing.</p>")
+    parts.append(f"<p><strong>{html.escape(readable['title'])}</strong>. "
+                 f"{html.escape(readable['summary'])}</p>")
+    decision = readable["decision"]
+    parts.append("<dl class='card'>" + "".join(
+        f"<dt>{name}</dt><dd>{html.escape(decision[key])}</dd>"
+        for name, key in (("Call", "call"), ("Review flag", "review"),
+                          ("Slide maps", "slide_area"))
+    ) + "</dl>")  # fmt: skip
+    for section in readable["sections"]:
+        title = "About the model" if section["title"] == "Model" else section["title"]
+        parts.append(f"<h3>{html.escape(title)}</h3><dl class='card'>" + "".join(
+            f"<dt>{html.escape(str(a))}</dt><dd>{html.escape(str(b))}</dd>"
+            for a, b in section["rows"]
+        ) + "</dl>")  # fmt: skip
+        if section.get("note"):
+            parts.append(f"<p class='muted'>{html.escape(section['note'])}</p>")
+    parts.append(f"<p class='muted'>model.onnx sha256 {html.escape(str(card.get('onnx_sha256')))}"
+                 "</p>")
+    return "\n".join(parts)
+
+
 def _card_section(card: dict[str, Any] | None, rows: list[SlideRow]) -> str:
     models = sorted({
         f"{r.summary['model'].get('name')} {r.summary['model'].get('version')} "
@@ -114,23 +151,7 @@ def _card_section(card: dict[str, Any] | None, rows: list[SlideRow]) -> str:
     if card is None:
         out.append("<p>No model card here (pass <code>--bundle</code> to show it).</p>")
         return "\n".join(out)
-    facts = [
-        ("Name", f"{card.get('name')} {card.get('version')}"),
-        ("Backbone", card.get("backbone")),
-        ("Input", f"{card.get('patch_size')} px patches at {card.get('mpp')} µm/px, "
-                  f"resized to {card.get('input_size')} px"),
-        ("Patch threshold", card.get("threshold")),
-        ("Calibration", json.dumps(card.get("calibration"))),
-        ("Metrics", json.dumps(card.get("metrics"))),
-        ("Data", json.dumps(card.get("data"))),
-        ("Created", card.get("created")),
-        ("model.onnx sha256", card.get("onnx_sha256")),
-    ]  # fmt: skip
-    if card.get("demo"):
-        facts.insert(0, ("Demo model", "yes: not trained on real data; its maps mean nothing"))
-    out.append("<dl class='card'>" + "".join(
-        f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts
-    ) + "</dl>")  # fmt: skip
+    out.append(_readable_card_html(card))
     out.append("<details><summary>model.json</summary><pre>"
                + html.escape(json.dumps(card, indent=2)) + "</pre></details>")  # fmt: skip
     return "\n".join(out)
@@ -145,7 +166,7 @@ th{background:#f4f4f4;cursor:pointer;user-select:none;position:sticky;top:0}
 th[data-type=none]{cursor:default}th.asc:after{content:" ▲"}th.desc:after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}td img{display:block;max-height:120px}
 .status.ok{color:#1b5e20}.status.failed{color:#b71c1c;font-weight:bold}
-.error{color:#b71c1c;font-size:12px}.warn{color:#b71c1c}.totals span{margin-right:18px}
+.error{color:#b71c1c;font-size:12px}.warn{color:#b71c1c}.muted{color:#666;font-size:12px}.totals span{margin-right:18px}
 dl.card{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dt{font-weight:bold}
 dd{margin:0;word-break:break-all}pre{font-size:12px;background:#f7f7f7;padding:8px}
 """
@@ -202,9 +223,10 @@ def render_report(
                   "patient's mapped slides.</p>", _patient_table(patients)]  # fmt: skip
     parts += [
         "<h2>Slides</h2>",
-        "<p>Click a column to sort. Map: P(IDC) over the tissue (turbo colours, blue = low, "
-        "red = high); click it for the full heatmap. IDC fraction: tissue tiles with "
-        "P(IDC) at or above the threshold in summary.json.</p>",
+        "<p>Click a column to sort. Map: P(IDC) over the tissue on one absolute scale for "
+        "every slide (inferno: clear below 20%, purple, orange, then pale yellow at 100%; "
+        "blue = not tissue); click it for the full heatmap. IDC fraction: tissue tiles in "
+        "the IDC area (P(IDC) at or above the area threshold in summary.json).</p>",
         _slide_table(rows, thumbs, patients is not None),
         _card_section(card, rows),
         f'<p class="disclaimer">{html.escape(DISCLAIMER)}</p>',

@@ -90,9 +90,8 @@ def read_patients(path: Path) -> dict[str, str]:
 
 def overlay_thumbnail(folder: Path, summary: dict[str, Any], side: int = THUMB_SIDE) -> Image.Image:
     """tissue.png with each classified tile's P(IDC) colour-mapped over it, ``side`` px."""
-    from matplotlib import colormaps
-
-    from idcscan.inference.slide_outputs import COLORMAP, OVERLAY_ALPHA
+    from idcscan.inference.colour import idc_rgba, opacity
+    from idcscan.inference.slide_outputs import OVERLAY_ALPHA
 
     with Image.open(folder / "tissue.png") as im:
         base = im.convert("RGB")
@@ -117,10 +116,9 @@ def overlay_thumbnail(folder: Path, summary: dict[str, Any], side: int = THUMB_S
     ys = np.minimum(((np.arange(size[1]) + 0.5) * height / size[1] // stride), rows - 1)
     xs = np.minimum(((np.arange(size[0]) + 0.5) * width / size[0] // stride), cols - 1)
     probs = cells[np.ix_(ys.astype(np.int64), xs.astype(np.int64))]
-    classified = ~np.isnan(probs)
-    colours = colormaps[COLORMAP](np.nan_to_num(probs))[..., :3] * 255.0
-    out = np.asarray(base, dtype=np.float32).copy()
-    out[classified] = out[classified] * (1 - OVERLAY_ALPHA) + colours[classified] * OVERLAY_ALPHA
+    colours = idc_rgba(probs)[..., :3].astype(np.float32)
+    weight = (opacity(probs) * OVERLAY_ALPHA)[..., None]
+    out = np.asarray(base, dtype=np.float32) * (1 - weight) + colours * weight
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 

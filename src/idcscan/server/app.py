@@ -410,6 +410,9 @@ def create_app(
         yield
         await batcher.aclose()
         batcher.shutdown()
+        viewer = getattr(app.state, "idcscan_viewer", None)
+        if viewer is not None:
+            viewer.close()
 
     card = predictor.card
     app = FastAPI(
@@ -462,4 +465,8 @@ def create_app_from_env() -> FastAPI:
         raise IdcscanError("IDCSCAN_SERVE_BUNDLE is not set; start it with `idcscan serve`.")
     raw = json.loads(os.environ.get("IDCSCAN_SERVE_SETTINGS", "{}"))
     threads = int(os.environ.get("IDCSCAN_SERVE_THREADS", "0")) or None
-    return create_app(Predictor(bundle, threads=threads), settings=ServerSettings(**raw))
+    from idcscan.server.viewer_routes import configure_viewer_from_env
+
+    app = create_app(Predictor(bundle, threads=threads), settings=ServerSettings(**raw))
+    configure_viewer_from_env(app)
+    return app

@@ -79,9 +79,11 @@ def run_server(
     if workers <= 1:
         from idcscan.inference.predictor import Predictor
         from idcscan.server.app import create_app
+        from idcscan.server.viewer_routes import configure_viewer_from_env
 
         predictor = Predictor(bundle, threads=threads_per_worker(1))
         app = create_app(predictor, settings=settings)
+        configure_viewer_from_env(app)
         uvicorn.Server(uvicorn_config(app, host, port, settings, access_log=access_log)).run()
         return
 

@@ -85,12 +85,17 @@ def configure_viewer(app: Any, slides: str | Path, maps: str | Path | None = Non
     return viewer
 
 
+def configure_viewer_from_env(app: Any) -> Viewer | None:
+    """The viewer ``idcscan serve --slides`` asked for (through the environment, which also
+    reaches spawned worker processes), built once with the app, before any request."""
+    slides = os.environ.get(ENV_SLIDES)
+    if not slides:
+        return None
+    return configure_viewer(app, slides, os.environ.get(ENV_MAPS) or None)
+
+
 def get_viewer(request: Request) -> Viewer:
     viewer = getattr(request.app.state, "idcscan_viewer", None)
-    if viewer is None and os.environ.get(ENV_SLIDES):  # worker processes (serve --workers)
-        viewer = configure_viewer(
-            request.app, os.environ[ENV_SLIDES], os.environ.get(ENV_MAPS) or None
-        )
     if viewer is None:
         raise HTTPException(404)
     return viewer
