@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +49,7 @@ from idcscan.preprocessing import to_patch
 from idcscan.server.card_routes import NoReport
 from idcscan.server.card_routes import router as card_router
 from idcscan.server.docs import install_docs
+from idcscan.server.pages import page_response
 from idcscan.server.schemas import (
     BatchResponse,
     ErrorResponse,
@@ -321,21 +322,15 @@ async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
     }
 
 
-_FALLBACK_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>idcscan</title></head>
-<body><h1>idcscan</h1><p><strong>{disclaimer}</strong></p>
-<form action="/predict" method="post" enctype="multipart/form-data">
-<input type="file" name="file" accept="image/*" required> <button>Predict</button></form>
-<p>API documentation: <a href="/docs">/docs</a></p></body></html>
-"""
-
-
 @router.get("/", include_in_schema=False, response_model=None)
-async def dashboard() -> FileResponse | HTMLResponse:
-    index = STATIC_DIR / "index.html"
-    if index.is_file():
-        return FileResponse(index, media_type="text/html")
-    return HTMLResponse(_FALLBACK_PAGE.format(disclaimer=DISCLAIMER))
+async def dashboard(request: Request) -> HTMLResponse:
+    return page_response("index", request.app)
+
+
+@router.get("/static/slide.html", include_in_schema=False, response_model=None)
+async def large_image_page(request: Request) -> HTMLResponse:
+    """The large-image page, at the address it always had (before the /static mount)."""
+    return page_response("slide", request.app)
 
 
 # ---------------------------------------------------------------------------- the factory

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from idcscan import DISCLAIMER
@@ -33,10 +33,10 @@ from idcscan.inference.deepzoom import jpeg_bytes
 from idcscan.inference.map_layers import load_grid, overlay_png
 from idcscan.inference.predictor import Predictor
 from idcscan.server.map_jobs import MapStore
+from idcscan.server.pages import page_response
 from idcscan.server.slide_library import SlideEntry, SlideLibrary, SlideNotFound
 
 router = APIRouter()
-STATIC_DIR = Path(__file__).parent / "static"
 #: where `idcscan serve --slides` keeps maps unless told (--maps)
 ENV_SLIDES = "IDCSCAN_SERVE_SLIDES"
 ENV_MAPS = "IDCSCAN_SERVE_MAPS"
@@ -119,13 +119,13 @@ def _map_folder(viewer: Viewer, slide_id: str) -> Path:
 
 
 @router.get("/browse", include_in_schema=False)
-async def browse_page() -> FileResponse:
-    return FileResponse(STATIC_DIR / "browse.html", media_type="text/html")
+async def browse_page(request: Request) -> HTMLResponse:
+    return page_response("browse", request.app)
 
 
 @router.get("/viewer", include_in_schema=False)
-async def viewer_page() -> FileResponse:
-    return FileResponse(STATIC_DIR / "viewer.html", media_type="text/html")
+async def viewer_page(request: Request) -> HTMLResponse:
+    return page_response("viewer", request.app)
 
 
 # -------------------------------------------------------------------------------- API
