@@ -79,17 +79,25 @@ def score_patient(predictor: Predictor, patient_dir: Path, out: Path
     pid = patient_dir.name
     mosaic, files = make_mosaic(patient_dir, out / "mosaics" / pid)
     summary = analyse_slide(predictor, files[MOSAIC_PNG], out / "slides" / pid)
-    tiles = {
-        (int(r["x"]), int(r["y"])): float(r["probability"])
-        for r in read_csv(out / "slides" / pid / summary.slide / "tiles.csv")
-    }
+    rows = read_csv(out / "slides" / pid / summary.slide / "tiles.csv")
+    tiles = {(int(r["x"]), int(r["y"])): float(r["probability"]) for r in rows}
+    # the same tiles scored alone (no spatial context), as /predict would score them
+    alone = {(int(r["x"]), int(r["y"])): float(r.get("patch_probability") or r["probability"])
+             for r in rows}
     truth = read_csv(files[TRUTH_CSV])
-    matched = [(int(t["label"]), tiles[(int(t["x"]), int(t["y"]))])
+    matched = [(int(t["label"]), tiles[(int(t["x"]), int(t["y"]))],
+                alone[(int(t["x"]), int(t["y"]))])
                for t in truth if (int(t["x"]), int(t["y"])) in tiles]
     labels = np.array([m[0] for m in matched])
     probs = np.array([m[1] for m in matched])
+    probs_alone = np.array([m[2] for m in matched])
     true_fraction = float(np.mean([int(t["label"]) for t in truth]))
-    auc = roc_auc_score(labels, probs) if 0 < labels.sum() < len(labels) else None
+    two_classes = 0 < labels.sum() < len(labels)
+    auc = roc_auc_score(labels, probs) if two_classes else None
+    all_alone = np.array(list(alone.values()))
+    # what slide mode reported before it used context and the area threshold: tiles alone,
+    # counted at 50% (kept for the comparison in docs/RESULTS.md)
+    fraction_at_half_alone = float(np.mean(all_alone >= 0.5)) if len(all_alone) else 0.0
     row = {
         "patient": pid,
         "patches": len(truth),
@@ -98,21 +106,34 @@ def score_patient(predictor: Predictor, patient_dir: Path, out: Path
         "idc_fraction_true": true_fraction,
         "idc_fraction_slide": summary.idc_fraction,
         "fraction_error": abs(summary.idc_fraction - true_fraction),
+        "tile_auc_alone": roc_auc_score(labels, probs_alone) if two_classes else None,
+        "fraction_error_alone_at_half": abs(fraction_at_half_alone - true_fraction),
+        "area_threshold": summary.threshold,
+        "context": summary.context,
         "seconds": summary.timings.get("total"),
     }
-    return row, labels, probs
+    return row, labels, np.stack([probs, probs_alone], axis=1)
 
 
 def report(rows: list[dict], all_labels: list[np.ndarray], all_probs: list[np.ndarray],
            json_path: Path, extra_columns: tuple[str, ...] = ()) -> dict:
     """Write the JSON and print the markdown table (one row per patient, then overall)."""
-    labels, probs = np.concatenate(all_labels), np.concatenate(all_probs)
+    labels, both = np.concatenate(all_labels), np.concatenate(all_probs)
+    probs, probs_alone = both[:, 0], both[:, 1]
+    errors = np.array([r["fraction_error"] for r in rows])
     overall = {
         "patients": len(rows),
         "tiles": int(len(labels)),
         "pooled_tile_auc": float(roc_auc_score(labels, probs)),
         "mean_patient_tile_auc": float(np.mean([r["tile_auc"] for r in rows if r["tile_auc"]])),
-        "mean_fraction_error": float(np.mean([r["fraction_error"] for r in rows])),
+        "mean_fraction_error": float(errors.mean()),
+        "median_fraction_error": float(np.median(errors)),
+        "patients_within_0.08": int(np.count_nonzero(errors <= 0.08)),
+        "without_context": {
+            "pooled_tile_auc": float(roc_auc_score(labels, probs_alone)),
+            "mean_fraction_error_at_half": float(
+                np.mean([r["fraction_error_alone_at_half"] for r in rows])),
+        },
         "kept": float(sum(r["kept"] * r["patches"] for r in rows) / sum(r["patches"] for r in rows)),
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +151,12 @@ def report(rows: list[dict], all_labels: list[np.ndarray], all_probs: list[np.nd
     blanks = " |" * len(extra_columns)
     print(f"| **overall** |{blanks} {sum(r['patches'] for r in rows)} | {overall['kept']:.1%} | "
           f"{overall['pooled_tile_auc']:.3f} (pooled) | | | {overall['mean_fraction_error']:.3f} (mean) |")
+    alone = overall["without_context"]
+    print(f"\nmedian fraction error {overall['median_fraction_error']:.3f}; "
+          f"{overall['patients_within_0.08']}/{len(rows)} patients within 0.08. Same run, tiles "
+          f"scored alone: pooled tile AUC {alone['pooled_tile_auc']:.3f}; counted at 50% "
+          f"(slide mode before context and the area threshold): mean fraction error "
+          f"{alone['mean_fraction_error_at_half']:.3f}.")
     return overall
 
 
