@@ -142,7 +142,8 @@ async function showMap(map) {
   const kinds = Object.entries(s.qc_tiles || {}).map(([k, n]) => `${k} ${n}`).join(", ");
   $("map-state").textContent = `Mapped: IDC in ${(s.idc_fraction * 100).toFixed(1)}% of ${s.n_tiles} tissue tiles.`;
   facts($("map-facts"), [
-    ["IDC area", `${s.idc_area_mm2.toFixed(2)} mm²`],
+    ["IDC area", `${s.idc_area_mm2.toFixed(2)} mm² (tiles with P(IDC) ≥ ${(s.threshold * 100).toFixed(2)}%)`],
+    ["Context", s.context ? `each tile read with its neighbours (sigma ${s.context} patch)` : "each tile alone"],
     ["Tissue scored", `${s.tissue_area_mm2.toFixed(2)} mm²`],
     ["QC left out", `${(s.qc_excluded_mm2 || 0).toFixed(2)} mm² (${kinds || "none"})`],
     ["Regions", String(s.n_regions)],
