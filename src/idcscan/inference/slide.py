@@ -110,7 +110,7 @@ class SlideSummary:
     qc: dict[str, Any] = field(default_factory=dict)
     #: why ``threshold`` has its value (the area call; see ``idcscan.inference.context``)
     threshold_rule: str = ""
-    #: spatial context sigma, in patches (0: each tile alone; summaries before 0.2 had none)
+    #: spatial context sigma, in patches (0: each tile alone, as in summaries written before slide mode had context)
     context: float = 0.0
     disclaimer: str = DISCLAIMER
 
