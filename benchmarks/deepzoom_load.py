@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,13 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import free_port, idcscan_command, stop_server  # noqa: E402
+from serve_load import free_port, idcscan_command  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -115,15 +122,22 @@ def main() -> int:
             threads = [threading.Thread(target=client, args=(urls[i :: args.clients],))
                        for i in range(args.clients)]  # fmt: skip
             t0 = time.perf_counter()
+            cpu0 = cpu_seconds(proc.pid)
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             wall = time.perf_counter() - t0
+            server_cpu = cpu_seconds(proc.pid) - cpu0
             done.set()
             sampler.join()
         finally:
-            stop_server(proc)
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     lat = sorted(latencies)
 
@@ -133,11 +147,12 @@ def main() -> int:
     print(f"\n$ {cmd[0]} serve BUNDLE --slides DIR  ({args.clients} clients, "
           f"{args.tiles} random tiles of levels {top - 7}-{top})")
     print("| slide | clients | tiles | errors | tiles/s | p50 ms | p90 ms | p99 ms | mean ms "
-          "| RSS idle MB | RSS peak MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| server CPU ms/tile | RSS idle MB | RSS peak MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {args.side:,} x {args.side:,} | {args.clients} | {len(lat)} | {errors[0]} | "
           f"{len(lat) / wall:.0f} | {pct(0.5):.1f} | {pct(0.9):.1f} | {pct(0.99):.1f} | "
-          f"{statistics.fmean(lat):.1f} | {rss_idle:.0f} | {peak[0]:.0f} |")
+          f"{statistics.fmean(lat):.1f} | {1000 * server_cpu / max(1, len(lat)):.1f} | "
+          f"{rss_idle:.0f} | {peak[0]:.0f} |")
     return 0
 
 

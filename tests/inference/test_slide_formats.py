@@ -75,3 +75,4 @@ def test_cohort_maps_what_it_can_and_lists_the_rest(tiny_bundle: Path, tmp_path:
     )  # fmt: skip
     assert again.exit_code == 0, again.output
     assert (out / "boxes" / "summary.json").is_file()
+

@@ -74,6 +74,11 @@ def as_rgb_array(arr: np.ndarray) -> np.ndarray:
 class SlideReader(ABC):
     """What slide mode needs from a large image, whatever its format."""
 
+    #: whether ``read_level`` may run in several threads at once on this reader. Not the
+    #: TIFF readers: concurrent reads through one tifffile handle were measured to return
+    #: corrupt tiles (deflate errors and silently wrong pixels) under 8 threads
+    thread_safe: bool = False
+
     #: short name of the backend ("tiffslide", "openslide", "pillow")
     backend: str = ""
 
@@ -307,6 +312,7 @@ class OpenSlideReader(_PyramidReader):
     """MRXS and every other format OpenSlide reads (optional dependency)."""
 
     backend = "openslide"
+    thread_safe = True  # OpenSlide's handles are documented thread-safe
 
     def __init__(self, path: str | Path) -> None:
         openslide = import_openslide(Path(path))

@@ -193,7 +193,7 @@ def dz_tile(
 ) -> Response:
     _entry(viewer, slide_id)
     with viewer.library.open(slide_id) as handle:
-        if handle.reader.backend == "openslide":  # OpenSlide is thread-safe
+        if handle.reader.thread_safe:  # tiles of one slide decoded in parallel
             rgb = handle.zoom.tile(level, col, row)
         else:
             with handle.lock:
