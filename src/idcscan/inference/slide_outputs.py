@@ -26,7 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from idcscan import DISCLAIMER
-from idcscan.inference.colour import ALPHA_FROM, COLORMAP, OUTLINE_COLOR, idc_rgba, opacity
+from idcscan.inference.colour import ALPHA_FROM, OUTLINE_COLOR, idc_rgba, opacity
 from idcscan.inference.polygons import GridPolygon, mask_polygons
 from idcscan.inference.qc import KINDS, qc_layer
 from idcscan.inference.slide import SUMMARY_JSON, SlideMap, SlideSummary
@@ -144,10 +144,9 @@ def geojson(slide: SlideMap, polygons: list[GridPolygon] | None = None) -> dict[
 
 def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: float) -> bytes:
     """heatmap.png: overlay, colour bar, IDC outlines, title and disclaimer (matplotlib Agg)."""
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
 
     image = overlay(slide)
@@ -175,7 +174,9 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
         color="#a3172c" if slide.demo else "black",
     )
     cax = fig.add_axes((0.87, 0.15, 0.025, 0.7))
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[COLORMAP]), cax=cax)
+    # the bar as the map draws it: clear at low P(IDC), over white like the page
+    ramp = ListedColormap(idc_rgba(np.linspace(0.0, 1.0, 256), max_alpha=255) / 255.0)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), ramp), cax=cax)
     bar.set_label(f"P(IDC), uncoloured below {ALPHA_FROM:.0%}")
     bar.ax.axhline(slide.threshold, color=OUTLINE_COLOR, linewidth=2)
     bar.ax.text(-0.4, slide.threshold, "IDC area", ha="right", va="center", fontsize=7,
