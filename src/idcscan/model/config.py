@@ -49,9 +49,9 @@ class TrainConfig:
     resume: bool = False
 
     #: How much of the backbone phase 2 trains: "all", a number of trailing parameterised
-    #: layers ("30", the seed's Keras recipe), or a share of them ("0.7"). 0.7 leaves the stem
-    #: and the first high-resolution stages at their ImageNet weights (for Lite0: stages 0-2),
-    #: which made steps ~1.6x cheaper on CPU and validated at least as well as "all".
+    #: layers ("30", the seed's Keras recipe), or a share of them ("0.7": the stem and the first
+    #: high-resolution stages keep their ImageNet weights, ~1.6x cheaper steps on CPU; the
+    #: first recipe's choice, not measured on its own under CV).
     unfreeze: str = "all"
     lr_head: float = 1e-3
     lr_backbone: float = 1e-3
@@ -63,8 +63,9 @@ class TrainConfig:
     frozen_time_fraction: float = 0.0
     #: Validation passes during phase 2 (one more closes phase 1); each picks the best model.
     val_rounds: int = 1
-    #: Positive-class weight: "balanced" (n_neg / n_pos), "none", or a number. The prior shift
-    #: it causes is removed from the head's bias before calibration, so P(IDC) stays honest.
+    #: Positive-class weight: "balanced" (n_neg / n_pos), "none", or a number. It shifts the
+    #: logit by log(weight): kept with calibration "none" (P(IDC) class-balanced), removed from
+    #: the head's bias before temperature scaling with "temperature".
     pos_weight: str = "balanced"
     drop_path_rate: float = 0.0
     accelerator: str = "auto"
