@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -57,9 +58,12 @@ def test_context_is_measured_in_patches_whatever_the_stride() -> None:
             check_context(bad)
 
 
-def _card(method: str, pos_weight: object) -> SimpleNamespace:
+def _card(method: str, pos_weight: object, prior_correction: object = None) -> SimpleNamespace:
     training = {} if pos_weight is None else {"pos_weight": pos_weight}
-    return SimpleNamespace(calibration=SimpleNamespace(method=method), training=training)
+    if prior_correction is not None:
+        training["prior_correction"] = prior_correction
+    return SimpleNamespace(calibration=SimpleNamespace(method=method, temperature=1.0),
+                           training=training)
 
 
 def test_a_class_balanced_bundle_counts_area_at_the_training_share() -> None:
@@ -72,3 +76,7 @@ def test_a_class_balanced_bundle_counts_area_at_the_training_share() -> None:
     assert area_threshold(_card("temperature", 3.0))[0] == 0.5
     assert area_threshold(_card("none", 1.0))[0] == 0.5
     assert area_threshold(_card("none", None))[0] == 0.5
+    # what export removed decides, not the label: a class-balanced bundle of an earlier
+    # version was labelled "temperature" (T = 1) with nothing removed
+    assert area_threshold(_card("temperature", 3.0, 0.0))[0] == pytest.approx(0.75)
+    assert area_threshold(_card("temperature", 3.0, -math.log(3.0)))[0] == 0.5

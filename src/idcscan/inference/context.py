@@ -35,15 +35,31 @@ _EPS = 1e-6
 
 
 def area_threshold(card: Any) -> tuple[float, str]:
-    """P(IDC) from which a tile counts towards the IDC area, and why that value."""
+    """P(IDC) from which a tile counts towards the IDC area, and why that value.
+
+    Decided by what the bundle's logits carry, not by its calibration label: training with
+    ``pos_weight`` w adds log(w) to the logit, and ``training.prior_correction`` records what
+    export took away again (-log w with temperature scaling, 0 when P(IDC) stays
+    class-balanced). Bundles exported before the card said "none" were labelled
+    "temperature" with a zero correction, so the label alone would mislead.
+    """
+    training = card.training if isinstance(card.training, dict) else {}
+    weight = training.get("pos_weight")
+    if not (isinstance(weight, int | float) and weight > 0):
+        return 0.5, "IDC more likely than not (no class weighting recorded in the model card)"
     method = getattr(card.calibration, "method", "temperature")
-    weight = card.training.get("pos_weight") if isinstance(card.training, dict) else None
-    if method == "none" and isinstance(weight, int | float) and weight > 0 and weight != 1:
-        return round(weight / (1.0 + weight), 6), (
-            f"IDC more likely than not at the training IDC share: P(IDC) is class-balanced "
-            f"(pos_weight {weight:.3f}), so the call is at w/(1+w)"
-        )
-    return 0.5, "IDC more likely than not (P(IDC) is calibrated to the training IDC share)"
+    removed = training.get("prior_correction")
+    if not isinstance(removed, int | float):  # older cards: infer it from the label
+        removed = 0.0 if method == "none" else -math.log(weight)
+    residual = math.log(weight) + removed  # the log-odds shift left in P(IDC)
+    if abs(residual) < 1e-6:
+        return 0.5, "IDC more likely than not (P(IDC) is calibrated to the training IDC share)"
+    temperature = float(getattr(card.calibration, "temperature", 1.0) or 1.0)
+    threshold = 1.0 / (1.0 + math.exp(-residual / temperature))
+    return round(threshold, 6), (
+        f"IDC more likely than not at the training IDC share: P(IDC) is class-balanced "
+        f"(pos_weight {math.exp(residual):.3f} left in it), so the call is at w/(1+w)"
+    )
 
 
 def smooth_probabilities(
