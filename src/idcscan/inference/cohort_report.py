@@ -90,7 +90,7 @@ def read_patients(path: Path) -> dict[str, str]:
 
 def overlay_thumbnail(folder: Path, summary: dict[str, Any], side: int = THUMB_SIDE) -> Image.Image:
     """tissue.png with each classified tile's P(IDC) colour-mapped over it, ``side`` px."""
-    from idcscan.inference.colour import idc_rgba, opacity
+    from idcscan.inference.colour import blend
     from idcscan.inference.slide_outputs import OVERLAY_ALPHA
 
     with Image.open(folder / "tissue.png") as im:
@@ -116,10 +116,7 @@ def overlay_thumbnail(folder: Path, summary: dict[str, Any], side: int = THUMB_S
     ys = np.minimum(((np.arange(size[1]) + 0.5) * height / size[1] // stride), rows - 1)
     xs = np.minimum(((np.arange(size[0]) + 0.5) * width / size[0] // stride), cols - 1)
     probs = cells[np.ix_(ys.astype(np.int64), xs.astype(np.int64))]
-    colours = idc_rgba(probs)[..., :3].astype(np.float32)
-    weight = (opacity(probs) * OVERLAY_ALPHA)[..., None]
-    out = np.asarray(base, dtype=np.float32) * (1 - weight) + colours * weight
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+    return Image.fromarray(blend(np.asarray(base), probs, OVERLAY_ALPHA))
 
 
 def _data_uri(data: bytes, mime: str) -> str:

@@ -33,3 +33,12 @@ def idc_rgba(probabilities: np.ndarray, max_alpha: int = 235) -> np.ndarray:
     rgba = colormaps[COLORMAP](np.nan_to_num(probabilities, nan=0.0), bytes=True)
     rgba[..., 3] = np.round(opacity(probabilities) * max_alpha).astype(np.uint8)
     return rgba
+
+
+def blend(base: np.ndarray, probabilities: np.ndarray, max_opacity: float) -> np.ndarray:
+    """``base`` (H x W x 3) with P(IDC) (H x W, NaN where not scored) painted over it on this
+    scale, at most ``max_opacity`` where P(IDC) is high; uint8 RGB."""
+    colours = idc_rgba(probabilities)[..., :3].astype(np.float32)
+    weight = (opacity(probabilities) * max_opacity)[..., None]
+    out = np.asarray(base, dtype=np.float32) * (1 - weight) + colours * weight
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)

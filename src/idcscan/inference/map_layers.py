@@ -27,7 +27,6 @@ from idcscan.inference.colour import idc_rgba
 from idcscan.inference.qc import KINDS
 
 
-
 @dataclass
 class MapGrid:
     """Per-tile P(IDC) on the slide's tile grid (row-major; NaN where not scored)."""
@@ -97,9 +96,9 @@ def load_grid(folder: str | Path) -> MapGrid:
     rows = math.ceil(max(height - tile, 0) / stride) + 1
     probs = np.full((rows, cols), np.nan, dtype=np.float64)
     alone = np.full((rows, cols), np.nan, dtype=np.float64)
-    for x, y, value, own in _tile_rows(folder / "tiles.csv"):
+    for x, y, value, own in _rows(folder / "tiles.csv", "probability", "patch_probability"):
         probs[y // stride, x // stride] = float(value)
-        alone[y // stride, x // stride] = float(own)
+        alone[y // stride, x // stride] = float(own or value)  # older folders: no context
     qc = np.zeros((rows, cols), dtype=np.uint8)
     for x, y, kind in _rows(folder / "qc_tiles.csv", "kind"):
         if kind in KINDS:
@@ -111,20 +110,13 @@ def load_grid(folder: str | Path) -> MapGrid:
     )  # fmt: skip
 
 
-def _tile_rows(path: Path) -> list[tuple[int, int, str, str]]:
-    """tiles.csv rows: x, y, P(IDC) on the map, P(IDC) of the tile alone."""
+def _rows(path: Path, *columns: str) -> list[tuple[Any, ...]]:
+    """x, y and the named columns ("" where a column is missing) of a slide folder's CSV."""
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
-        return [(int(r["x"]), int(r["y"]), r["probability"],
-                 r.get("patch_probability") or r["probability"]) for r in csv.DictReader(fh)]
-
-
-def _rows(path: Path, column: str) -> list[tuple[int, int, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [(int(r["x"]), int(r["y"]), r[column]) for r in csv.DictReader(fh)]
+        return [(int(r["x"]), int(r["y"]), *(r.get(c) or "" for c in columns))
+                for r in csv.DictReader(fh)]
 
 
 def overlay_rgba(grid: MapGrid) -> np.ndarray:

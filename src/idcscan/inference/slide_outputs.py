@@ -26,7 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from idcscan import DISCLAIMER
-from idcscan.inference.colour import ALPHA_FROM, OUTLINE_COLOR, idc_rgba, opacity
+from idcscan.inference.colour import ALPHA_FROM, OUTLINE_COLOR, blend, idc_rgba
 from idcscan.inference.polygons import GridPolygon, mask_polygons
 from idcscan.inference.qc import KINDS, qc_layer
 from idcscan.inference.slide import SUMMARY_JSON, SlideMap, SlideSummary
@@ -55,10 +55,7 @@ def overlay(
     if size is not None and size != base.size:
         base = base.resize(size, Image.Resampling.BILINEAR)
     probs = cell_image(slide, base.size)
-    colours = idc_rgba(probs)[..., :3].astype(np.float32)
-    weight = (opacity(probs) * alpha)[..., None]
-    out = np.asarray(base, dtype=np.float32) * (1 - weight) + colours * weight
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(blend(np.asarray(base), probs, alpha), mode="RGB")
 
 
 def heatmap_layer(slide: SlideMap, alpha: int = 255) -> Image.Image:
