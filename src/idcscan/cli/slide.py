@@ -45,9 +45,9 @@ def slide(
         "likely than not at the training IDC share (for a class-balanced bundle w/(1+w), w "
         "its pos_weight; else 0.5), which keeps areas unbiased."
     ),
-    context: float = typer.Option(
-        1.0, help="Spatial context: each tile's P(IDC) is the Gaussian-weighted mean log-odds "
-        "of the tissue tiles around it, sigma in patches; 0 scores each tile alone."
+    context: float | None = typer.Option(
+        None, help="Spatial context: each tile's P(IDC) is the Gaussian-weighted mean log-odds "
+        "of the tissue tiles around it, sigma in patches (default 1); 0 scores each tile alone."
     ),
     cluster: str | None = typer.Option(
         None,
@@ -73,7 +73,7 @@ def slide(
         print_warning("DEMO model trained on synthetic data: its maps mean nothing.")
     options = SlideOptions(
         mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold,
-        context=context,
+        **({} if context is None else {"context": context}),  # None: the library's default
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScaleWarning)
