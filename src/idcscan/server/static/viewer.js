@@ -103,7 +103,8 @@ function readout(event) {
   if (value !== null && value !== undefined) {
     const alone = grid.patch_probabilities ? grid.patch_probabilities[r][c] : null;
     text = `P(IDC) ${(value * 100).toFixed(1)}%` + (value >= grid.threshold ? " · IDC area" : "")
-      + (alone !== null && alone !== undefined ? ` (this tile alone ${(alone * 100).toFixed(1)}%)` : "");
+      + (alone !== null && alone !== undefined && alone !== value
+        ? ` (this tile alone ${(alone * 100).toFixed(1)}%)` : "");
   } else if (qc) {
     text = `left out by QC: ${grid.qc_kinds[qc]}`;
   } else {
