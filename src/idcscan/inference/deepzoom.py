@@ -9,7 +9,10 @@ never a whole level.
 
 A slide without a pyramid (a plain image, a single-level TIFF) would need a huge region for
 each coarse tile. For those levels the tiles come from one overview image of the whole slide
-(longest side ``OVERVIEW_SIDE``), made once, band by band (``SlideReader.thumbnail``).
+(longest side ``OVERVIEW_SIDE``), made once, band by band (``SlideReader.thumbnail``). Shrinking
+that overview again for every request cost 3-15 ms a tile (more than a tile read from the
+slide), and every viewer asks for these coarse tiles first; there are few of them (at most
+``OVERVIEW_TILES_CACHED``), so their JPEG bytes are kept once made.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ JPEG_QUALITY = 80
 #: per side per tile pixel ratio (4x: a 254 px tile from <= 1016 px); else from the overview.
 MAX_SOURCE_RATIO = 4.0
 OVERVIEW_SIDE = 2048
+#: Bound on the encoded tiles kept per slide (those cut from the overview; about 100 for a
+#: pyramidal slide, a few hundred for a large plain image; 5-20 kB each).
+OVERVIEW_TILES_CACHED = 1024
 
 
 class DeepZoom:
@@ -45,6 +51,7 @@ class DeepZoom:
         self.level_count = max(1, math.ceil(math.log2(max(self.width, self.height, 1)))) + 1
         self._overview: tuple[np.ndarray, float] | None = None
         self._overview_lock = threading.Lock()
+        self._jpeg_cache: dict[tuple[int, int, int], bytes] = {}
 
     # -- geometry ---------------------------------------------------------------------
     def scale(self, level: int) -> float:
@@ -81,6 +88,25 @@ class DeepZoom:
         )
 
     # -- pixels -----------------------------------------------------------------------
+    def from_overview(self, level: int) -> bool:
+        """Whether ``level``'s tiles are cut from the overview, not read from the slide."""
+        s = self.scale(level)
+        return s / self.reader.level_downsamples[self.reader.best_level(s)] > MAX_SOURCE_RATIO
+
+    def tile_jpeg(self, level: int, col: int, row: int) -> bytes | None:
+        """The tile as JPEG bytes (what the viewer fetches), or None for a missing tile."""
+        key = (level, col, row)
+        cached = self._jpeg_cache.get(key)
+        if cached is not None:
+            return cached
+        rgb = self.tile(level, col, row)
+        if rgb is None:
+            return None
+        data = jpeg_bytes(rgb)
+        if self.from_overview(level) and len(self._jpeg_cache) < OVERVIEW_TILES_CACHED:
+            self._jpeg_cache[key] = data  # one dict store: safe across threads under the GIL
+        return data
+
     def tile(self, level: int, col: int, row: int) -> np.ndarray | None:
         """The tile's RGB pixels (HxWx3 uint8), or None for a tile that does not exist."""
         box = self.tile_box(level, col, row)
@@ -91,10 +117,10 @@ class DeepZoom:
         # the tile's region in level-0 pixels, clipped to the image
         bx0, by0 = x0 * s, y0 * s
         bx1, by1 = min(x1 * s, self.width), min(y1 * s, self.height)
+        if self.from_overview(level):
+            return self._from_overview(bx0, by0, bx1, by1, x1 - x0, y1 - y0)
         src = self.reader.best_level(s)
         ds = self.reader.level_downsamples[src]
-        if s / ds > MAX_SOURCE_RATIO:
-            return self._from_overview(bx0, by0, bx1, by1, x1 - x0, y1 - y0)
         lx0, ly0 = math.floor(bx0 / ds), math.floor(by0 / ds)
         lx1, ly1 = max(math.ceil(bx1 / ds), lx0 + 1), max(math.ceil(by1 / ds), ly0 + 1)
         region = self.reader.read_level(src, lx0, ly0, lx1 - lx0, ly1 - ly0)

@@ -74,9 +74,8 @@ def as_rgb_array(arr: np.ndarray) -> np.ndarray:
 class SlideReader(ABC):
     """What slide mode needs from a large image, whatever its format."""
 
-    #: whether ``read_level`` may run in several threads at once on this reader. Not the
-    #: TIFF readers: concurrent reads through one tifffile handle were measured to return
-    #: corrupt tiles (deflate errors and silently wrong pixels) under 8 threads
+    #: whether ``read_level`` may run in several threads at once on this reader (Deep Zoom
+    #: then decodes tiles of one slide in parallel instead of one at a time)
     thread_safe: bool = False
 
     #: short name of the backend ("tiffslide", "openslide", "pillow")
@@ -264,6 +263,14 @@ class TiffSlideReader(_PyramidReader):
         self._mpp = _mpp_from_properties(props, "tiffslide.mpp-x", "tiffslide.mpp-y")
         self.format = str(props.get("tiffslide.vendor") or "tiff")
         self._tiled = self._tiled_pages(props)
+        if any(r is not None for r in self._tiled):
+            # tifffile's handle seeks then reads, and by default its lock is a no-op:
+            # concurrent reads returned corrupt tiles (deflate errors, wrong pixels). With
+            # the lock only the seek+read is serialised; decoding runs in parallel.
+            self._slide.ts_tifffile.filehandle.set_lock(True)
+        # tiffslide's own (zarr) path is not known to be safe: parallel only when every
+        # level is read through the direct tile reader
+        self.thread_safe = all(r is not None for r in self._tiled)
 
     def _tiled_pages(self, props: Any) -> list[Any]:
         """Per level, a direct tile reader when the level is a plain tiled page (else None)."""

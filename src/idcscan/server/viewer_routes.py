@@ -194,15 +194,13 @@ def dz_tile(
     _entry(viewer, slide_id)
     with viewer.library.open(slide_id) as handle:
         if handle.reader.thread_safe:  # tiles of one slide decoded in parallel
-            rgb = handle.zoom.tile(level, col, row)
+            data = handle.zoom.tile_jpeg(level, col, row)
         else:
             with handle.lock:
-                rgb = handle.zoom.tile(level, col, row)
-    if rgb is None:
+                data = handle.zoom.tile_jpeg(level, col, row)
+    if data is None:
         raise HTTPException(404)
-    return Response(
-        jpeg_bytes(rgb), media_type="image/jpeg", headers={"Cache-Control": TILE_CACHE_CONTROL}
-    )
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": TILE_CACHE_CONTROL})
 
 
 @router.get("/slides/{slide_id}/thumbnail.jpeg", summary="Small picture of the slide")
