@@ -47,8 +47,9 @@ class Preprocessing:
         default="pad bottom/right with white to patch_size when both sides are <= patch_size"
     )
     large_images: str = field(default="resize to patch_size x patch_size (PIL bilinear)")
-    #: Stain normalisation applied in the graph before everything else: None, or a
-    #: ``idcscan.stain.StainTarget.to_dict()`` (Reinhard lαβ, per-patch statistics).
+    #: Stain normalisation before everything else: None, a ``StainTarget.to_dict()`` (Reinhard
+    #: lαβ, per-patch statistics, in the graph) or a ``MacenkoNorm.to_dict()`` (per group,
+    #: applied by the predictor before the graph); see ``idcscan.stain``.
     stain_norm: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,6 +29,12 @@ def predict(
     ),
     tta: bool = typer.Option(False, "--tta", help="Average over the 8 flips/rotations."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Patches per model call."),
+    stain_group: str = typer.Option(
+        "image", "--stain-group",
+        help="For a bundle trained with --stain-norm macenko: whose images share stains. "
+        "image: each alone; folder: each folder's images (a patient's, a scan's); all: every "
+        "input together. Other bundles ignore it.",
+    ),
 ) -> None:
     """Predict IDC for image patches and folders of them: one row per image (unreadable files get an error row).
 
@@ -37,7 +43,8 @@ def predict(
     from rich.table import Table
 
     from idcscan.cli.arguments import check_bundle_first
-    from idcscan.inference.folder import collect_images, output_format, predict_files
+    from idcscan.inference.folder import STAIN_GROUPS, collect_images, output_format
+    from idcscan.inference.folder import predict_files
     from idcscan.inference.folder import write_predictions
     from idcscan.inference.labels import DECISION_THRESHOLD, percent
     from idcscan.inference.predictor import Predictor
@@ -45,6 +52,9 @@ def predict(
     check_bundle_first("predict", bundle, inputs)
     if out_file is not None:
         output_format(out_file)  # refuse a bad suffix before any work
+    if stain_group not in STAIN_GROUPS:
+        raise IdcscanError(f"--stain-group must be one of {', '.join(STAIN_GROUPS)}; "
+                           f"got {stain_group!r}.")
     paths = collect_images(inputs)
     predictor = Predictor(bundle, batch_size=batch_size)
     demo = " DEMO model trained on synthetic data: the results mean nothing." \
@@ -65,6 +75,7 @@ def predict(
                 tta=tta,
                 batch_size=batch_size,
                 on_progress=lambda n: progress.advance(task, n),
+                stain_group=stain_group,
             )
         )
     for r in rows:
@@ -79,7 +90,7 @@ def predict(
             raise IdcscanError(f"{first}. Nothing was scored.")
         raise IdcscanError(f"None of the {len(rows)} inputs could be scored; the first: {first}.")
     if out_file is not None:
-        write_predictions(rows, out_file, predictor, tta=tta)
+        write_predictions(rows, out_file, predictor, tta=tta, stain_group=stain_group)
         console.print(f"Wrote {_count(len(rows), 'row')} to {out_file}", highlight=False)
     else:
         table = Table(title=None, box=None, pad_edge=False)

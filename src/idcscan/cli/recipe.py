@@ -83,7 +83,9 @@ RECIPE: list[tuple[str, Any, Any]] = [
                                        "consumer applies it; recorded in model.json).")),
     ("stain_norm", str, typer.Option(
         _D.stain_norm, help="none | reinhard: per-patch Reinhard (lαβ) normalisation to a "
-                            "target fitted on the training patches, inside the ONNX graph.")),
+                            "target fitted on the training patches, inside the ONNX graph | "
+                            "macenko: Macenko stains estimated per patient (training, "
+                            "evaluate), per slide (slide mode) or per --stain-group (predict).")),
     ("progress", bool, typer.Option(True, help="Show progress bars.")),
 ]
 

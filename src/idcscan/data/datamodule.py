@@ -133,6 +133,16 @@ class IDCDataModule(L.LightningDataModule):
                     "training and validation need both IDC and non-IDC patches."
                 )
 
+    def normalise_per_patient(self, norm: Any) -> None:
+        """Stain-normalise train and val patches once, each patient with its own stains
+        (``idcscan.stain.MacenkoNorm``), as every consumer of the bundle will."""
+        assert self.packed is not None, "load() first"
+        for split in ("train", "val"):
+            images = getattr(self, f"{split}_images")
+            patients = self.packed.subset(split).patient
+            fixed = norm.normalise_groups(images.numpy(), patients)
+            setattr(self, f"{split}_images", torch.from_numpy(fixed))
+
     def setup(self, stage: str | None = None) -> None:
         self.load()
 

@@ -78,14 +78,25 @@ def score_split(
     progress: bool = True,
     description: str = "Scoring patches",
 ) -> np.ndarray:
-    """P(IDC) for every entry of ``ds``, reading the memory map one batch at a time."""
+    """P(IDC) for every entry of ``ds``, reading the memory map one batch at a time (one
+    patient at a time for a bundle that normalises stains per group: each patient is a group,
+    as in training)."""
     probs = np.empty(len(ds), dtype=np.float64)
+    if predictor.group_norm is None:
+        groups: list[np.ndarray | slice] = [slice(0, len(ds))]
+    else:
+        _, first = np.unique(ds.patient, return_index=True)
+        groups = [np.flatnonzero(ds.patient == ds.patient[i]) for i in np.sort(first)]
     with progress_bar(progress) as bar:
         task = bar.add_task(description, total=len(ds))
-        for start in range(0, len(ds), batch_size):
-            stop = min(start + batch_size, len(ds))
-            probs[start:stop] = predictor.predict_proba(ds.images(slice(start, stop)), tta=tta)
-            bar.advance(task, stop - start)
+        for rows in groups:
+            positions = np.arange(len(ds))[rows]
+            group = predictor.stain_group(ds.images(positions)) \
+                if predictor.group_norm is not None else None
+            for start in range(0, len(positions), batch_size):
+                part = positions[start : start + batch_size]
+                probs[part] = predictor.predict_proba(ds.images(part), tta=tta, group=group)
+                bar.advance(task, len(part))
     return probs
 
 

@@ -38,6 +38,7 @@ from idcscan.inference.labels import (
     flagged,
 )
 from idcscan.inference.predictor import Predictor
+from idcscan.stain import StainGroup
 from idcscan.inference.scale import cli_warning
 from idcscan.preprocessing import to_patch
 
@@ -117,6 +118,46 @@ def _load_patch(
         return str(exc)
 
 
+#: ``--stain-group``: which images share stains, for a bundle that normalises per group.
+#: image: each alone; folder: the images of one folder (a patient's, a slide's tiles); all:
+#: every input together (one patient or one scan given on its own).
+STAIN_GROUPS = ("image", "folder", "all")
+#: Images a group's stains are estimated on (a seeded sample of a larger group).
+STAIN_SAMPLE_IMAGES = 1024
+
+
+def stain_group_key(path: Path, how: str) -> str:
+    if how == "folder":
+        return str(path.parent)
+    return "all" if how == "all" else str(path)
+
+
+def estimate_groups(
+    predictor: Predictor, paths: Sequence[Path], how: str, max_pixels: int,
+    pool: ThreadPoolExecutor,
+) -> dict[str, StainGroup]:
+    """Each group's stains, from a sample of its readable images (before any is scored)."""
+    if how not in STAIN_GROUPS:
+        raise IdcscanError(f"--stain-group must be one of {', '.join(STAIN_GROUPS)}; got {how!r}.")
+    members: dict[str, list[Path]] = {}
+    for path in paths:
+        members.setdefault(stain_group_key(path, how), []).append(path)
+    groups = {}
+    rng = np.random.default_rng(0)
+    for key, group_paths in members.items():
+        if len(group_paths) > STAIN_SAMPLE_IMAGES:
+            pick = np.sort(rng.choice(len(group_paths), STAIN_SAMPLE_IMAGES, replace=False))
+            group_paths = [group_paths[i] for i in pick]
+        size = predictor.pre.patch_size
+        loaded = pool.map(lambda p: _load_patch(p, size, max_pixels), group_paths)
+        patches = [item[0] for item in loaded if not isinstance(item, str)]
+        if patches:
+            group = predictor.stain_group(np.stack(patches))
+            assert group is not None
+            groups[key] = group
+    return groups
+
+
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -130,8 +171,12 @@ def predict_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_progress: Callable[[int], None] | None = None,
     decode_threads: int | None = None,
+    stain_group: str = "image",
 ) -> Iterator[FilePrediction]:
-    """Yield one ``FilePrediction`` per path, in order; ``on_progress(n)`` after each chunk."""
+    """Yield one ``FilePrediction`` per path, in order; ``on_progress(n)`` after each chunk.
+
+    ``stain_group`` (``STAIN_GROUPS``) matters only for a bundle that normalises stains per
+    group: then each group's stains are estimated first, and its images scored with them."""
     if batch_size < 1:
         raise IdcscanError("--batch-size must be at least 1.")
     review_threshold = predictor.threshold
@@ -139,15 +184,20 @@ def predict_files(
     demo = bool(predictor.card.demo)
     threads = decode_threads or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="idcscan-decode") as pool:
+        grouped = predictor.group_norm is not None and stain_group != "image"
+        groups = estimate_groups(predictor, paths, stain_group, max_pixels, pool) \
+            if grouped else {}
         for chunk in _chunks(paths, batch_size):
             loaded = list(pool.map(lambda p: _load_patch(p, patch_size, max_pixels), chunk))
             good = [i for i, item in enumerate(loaded) if not isinstance(item, str)]
-            probs = (
-                predictor.predict_proba(np.stack([loaded[i][0] for i in good]), tta=tta)
-                if good
-                else np.empty(0)
-            )
-            by_index = dict(zip(good, probs.tolist()))
+            by_index: dict[int, float] = {}
+            keys = [stain_group_key(chunk[i], stain_group) if grouped else "" for i in good]
+            for key in dict.fromkeys(keys):
+                part = [i for i, k in zip(good, keys) if k == key]
+                probs = predictor.predict_proba(
+                    np.stack([loaded[i][0] for i in part]), tta=tta, group=groups.get(key)
+                )
+                by_index.update(zip(part, probs.tolist()))
             for i, path in enumerate(chunk):
                 if i in by_index:
                     p = float(by_index[i])
@@ -185,7 +235,9 @@ def _csv_text(rows: Iterable[FilePrediction]) -> str:
     return buffer.getvalue()
 
 
-def _json_text(rows: Iterable[FilePrediction], predictor: Predictor, tta: bool) -> str:
+def _json_text(
+    rows: Iterable[FilePrediction], predictor: Predictor, tta: bool, stain_group: str = "image"
+) -> str:
     card = predictor.card
     doc = {
         "model": {"name": card.name, "version": card.version, "backbone": card.backbone},
@@ -194,6 +246,8 @@ def _json_text(rows: Iterable[FilePrediction], predictor: Predictor, tta: bool) 
         "decision": {"call": CALL_RULE, "review_flag": FLAG_RULE},
         "demo": bool(card.demo),
         "tta": tta,
+        **({"stain_normalisation": {"method": "macenko", "group": stain_group}}
+           if predictor.group_norm is not None else {}),
         "probabilities": "fractions in [0, 1]; confidence = probability of predicted_class",
         "idcscan_version": __version__,
         "disclaimer": DISCLAIMER,
@@ -203,12 +257,13 @@ def _json_text(rows: Iterable[FilePrediction], predictor: Predictor, tta: bool) 
 
 
 def write_predictions(
-    rows: Sequence[FilePrediction], out: str | Path, predictor: Predictor, tta: bool = False
+    rows: Sequence[FilePrediction], out: str | Path, predictor: Predictor, tta: bool = False,
+    stain_group: str = "image",
 ) -> Path:
     """Write CSV or JSON (by the suffix of ``out``) atomically: temporary name, then rename."""
     out = Path(out)
     fmt = output_format(out)
-    text = _csv_text(rows) if fmt == "csv" else _json_text(rows, predictor, tta)
+    text = _csv_text(rows) if fmt == "csv" else _json_text(rows, predictor, tta, stain_group)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

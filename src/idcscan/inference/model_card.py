@@ -183,6 +183,19 @@ def _slide_area_text(card: ModelCard) -> str:
             f"and counts towards the IDC area from {percent(threshold)}: {why}.")
 
 
+def stain_text(stain: dict[str, Any] | None) -> str:
+    """How the bundle normalises stain colour before it scores, in words (empty: not at all)."""
+    if not stain:
+        return ""
+    if stain.get("method") == "macenko":
+        return ("Macenko, stains estimated per group: per slide in slide maps, per patient in "
+                "evaluate, per --stain-group in predict (default each image), per image in "
+                "/predict.")
+    if stain.get("per_member"):
+        return "Reinhard (lαβ), per patch, each fold member with its own target."
+    return "Reinhard (lαβ), per patch, to a target fitted on the training patches."
+
+
 def readable_card(
     card: ModelCard, report: dict[str, Any] | None = None, report_link: str | None = None
 ) -> dict[str, Any]:
@@ -195,6 +208,9 @@ def readable_card(
         ["Backbone", card.backbone],
         ["Calibration", calibration_text(calibration.method, calibration.temperature)],
     ]
+    stain = stain_text(card.preprocessing.get("stain_norm"))
+    if stain:
+        model_rows.append(["Stain normalisation", stain])
     if card.created:
         model_rows.append(["Exported", card.created])
     decision = {

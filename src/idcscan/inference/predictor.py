@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from idcscan.errors import IdcscanError
 from idcscan.inference.bundle import Bundle, load_bundle
+from idcscan.stain import MacenkoNorm, StainGroup, stain_norm_from_dict
 
 
 def dihedral_views(patches: np.ndarray) -> list[np.ndarray]:
@@ -66,6 +67,16 @@ class Predictor:
             raise IdcscanError(f"ONNX Runtime could not load {model_path}: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        norm = stain_norm_from_dict(self.pre.stain_norm)
+        #: per-group stain normalisation, applied here before the graph (None: none needed)
+        self.group_norm: MacenkoNorm | None = norm if isinstance(norm, MacenkoNorm) else None
+
+    def stain_group(self, patches: np.ndarray) -> StainGroup | None:
+        """The stains of a group of patches (a slide, a patient, a folder), to pass as
+        ``group`` when scoring that group; None when the bundle needs none."""
+        if self.group_norm is None:
+            return None
+        return self.group_norm.group(self._check(patches))
 
     @property
     def tta_in_graph(self) -> bool:
@@ -91,13 +102,26 @@ class Predictor:
             raise IdcscanError(f"Expected patches of shape (N, {p}, {p}, 3), got {patches.shape}.")
         return np.ascontiguousarray(patches, dtype=np.uint8)
 
+    def _prepare(self, patches: np.ndarray, group: StainGroup | None) -> np.ndarray:
+        """Checked patches, stain-normalised when the bundle asks for it: with ``group``'s
+        stains, or each patch on its own when no group is given (a lone upload)."""
+        patches = self._check(patches)
+        if self.group_norm is None:
+            return patches
+        if group is not None:
+            return group.apply(patches)
+        return self.group_norm.normalise_each(patches)
+
     def _run(self, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         return self.session.run(outputs, {self.input_name: batch})
 
-    def logits(self, patches: np.ndarray, tta: bool = False) -> np.ndarray:
+    def logits(
+        self, patches: np.ndarray, tta: bool = False, group: StainGroup | None = None
+    ) -> np.ndarray:
         """Raw logits; with ``tta`` the mean logit over the 8 dihedral views (a bundle with TTA
-        in its graph always gives that, so ``tta`` is not applied twice)."""
-        patches = self._check(patches)
+        in its graph always gives that, so ``tta`` is not applied twice). ``group``: the
+        patches' stains (``stain_group``) for a bundle that normalises per group."""
+        patches = self._prepare(patches, group)
         tta = tta and not self.tta_in_graph
         out = np.empty(len(patches), dtype=np.float32)
         for start in range(0, len(patches), self.batch_size):
@@ -111,15 +135,19 @@ class Predictor:
                 out[start : start + len(batch)] = self._run(batch, ["logit"])[0].reshape(-1)
         return out
 
-    def predict_proba(self, patches: np.ndarray, tta: bool = False) -> np.ndarray:
+    def predict_proba(
+        self, patches: np.ndarray, tta: bool = False, group: StainGroup | None = None
+    ) -> np.ndarray:
         """Calibrated P(IDC) per patch."""
         if len(patches) == 0:
             return np.empty(0, dtype=np.float64)
-        return self.calibrate(self.logits(patches, tta=tta))
+        return self.calibrate(self.logits(patches, tta=tta, group=group))
 
-    def predict_with_cam(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_with_cam(
+        self, patches: np.ndarray, group: StainGroup | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated P(IDC) and the Grad-CAM maps (N, h, w) of the IDC logit."""
-        patches = self._check(patches)
+        patches = self._prepare(patches, group)
         probs, cams = [], []
         for start in range(0, len(patches), self.batch_size):
             logit, cam = self._run(patches[start : start + self.batch_size], ["logit", "cam"])
@@ -128,8 +156,8 @@ class Predictor:
         return np.concatenate(probs), np.concatenate(cams)
 
     def iter_proba(
-        self, batches: Iterable[np.ndarray], tta: bool = False
+        self, batches: Iterable[np.ndarray], tta: bool = False, group: StainGroup | None = None
     ) -> Iterator[np.ndarray]:
         """Stream probabilities for an iterable of patch batches (slides, folders)."""
         for batch in batches:
-            yield self.predict_proba(batch, tta=tta)
+            yield self.predict_proba(batch, tta=tta, group=group)

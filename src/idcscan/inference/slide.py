@@ -39,6 +39,7 @@ from idcscan.inference.predictor import Predictor
 from idcscan.inference.qc import KIND_CODES, KINDS, QCParams, blurry, paint_tiles, screen_tiles
 from idcscan.inference.slide_failures import clear_failure, read_failures, record_failure
 from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader, open_slide, resize
+from idcscan.inference.slide_stain import slide_stain_group
 from idcscan.inference.tiling import Prefetcher, TileGrid, iter_batches, plan_grid
 from idcscan.inference.tissue import TissueParams, tissue_mask
 
@@ -112,6 +113,8 @@ class SlideSummary:
     threshold_rule: str = ""
     #: spatial context sigma, in patches (0: each tile alone, as in summaries written before slide mode had context)
     context: float = 0.0
+    #: the slide's own stains, for a bundle that normalises per group ({} otherwise)
+    stain: dict[str, Any] = field(default_factory=dict)
     disclaimer: str = DISCLAIMER
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +160,7 @@ class SlideMap:
     patch_probabilities: np.ndarray = field(default_factory=lambda: np.empty(0))
     threshold_rule: str = ""
     context: float = 0.0
+    stain: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     demo: bool = False
     #: artefact QC: labels over the tissue mask's pixels (``qc.KIND_CODES``; blurred tiles
@@ -211,6 +215,7 @@ class SlideMap:
             tta=self.tta,
             threshold_rule=self.threshold_rule,
             context=self.context,
+            stain=self.stain,
             reader=str(self.reader.get("backend", "")),
             timings={k: round(v, 4) for k, v in self.timings.items()},
             model=self.model,
@@ -327,12 +332,15 @@ def map_slide(
     t_infer = 0.0
     if on_progress:
         on_progress(0, len(tile_index))
+    t0 = time.perf_counter()
+    group, stain = slide_stain_group(predictor, reader, grid, tile_index, options.batch_size)
+    t_stain = time.perf_counter() - t0
     prefetch = Prefetcher(
         iter_batches(reader, grid, tile_index, options.batch_size), depth=options.prefetch
     )
     for batch in prefetch:
         t0 = time.perf_counter()
-        probs = predictor.predict_proba(batch.patches, tta=options.tta)
+        probs = predictor.predict_proba(batch.patches, tta=options.tta, group=group)
         t_infer += time.perf_counter() - t0
         probabilities[done : done + len(probs)] = probs
         sharp[done : done + len(probs)] = ~blurry(batch.patches, options.qc)
@@ -375,6 +383,7 @@ def map_slide(
         threshold=threshold,
         threshold_rule=threshold_rule,
         context=float(options.context),
+        stain=stain,
         patch_probabilities=patch_probabilities,
         tta=options.tta,
         model={
@@ -390,6 +399,7 @@ def map_slide(
         timings={
             "read": prefetch.read_seconds,
             "tissue": t_tissue,
+            "stain": t_stain,
             "infer": t_infer,
             "map": time.perf_counter() - t_start,
         },

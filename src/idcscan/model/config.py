@@ -104,8 +104,9 @@ class TrainConfig:
     #: Bake 8-view dihedral test-time augmentation into the ONNX graph (every consumer gets it);
     #: calibration and threshold are then fitted on TTA outputs.
     tta: bool = True
-    #: Stain normalisation inside the graph: "none" or "reinhard" (per-patch lαβ statistics
-    #: mapped to a target fitted on the training patches; see ``idcscan.stain``).
+    #: Stain normalisation: "none", "reinhard" (per-patch lαβ statistics mapped to a target
+    #: fitted on the training patches, inside the graph) or "macenko" (stains estimated per
+    #: patient in training, per slide/patient/folder/image at inference; see ``idcscan.stain``).
     stain_norm: str = "none"
     #: The fitted target (filled in by training, so config.json rebuilds the same network).
     stain_target: dict[str, Any] | None = None
@@ -153,7 +154,7 @@ class TrainConfig:
         choices = {"augment": ("basic", "default", "strong"),
                    "normalize": ("backbone", "imagenet", "half"), "head": ("mlp", "linear"),
                    "select": ("best", "last", "ema"), "calibration": ("temperature", "none"),
-                   "stain_norm": ("none", "reinhard")}
+                   "stain_norm": ("none", "reinhard", "macenko")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name.replace('_', '-')} must be one of "

@@ -37,10 +37,12 @@ _SAME = ("patch_size", "input_size", "mpp", "preprocessing")
 
 
 def _input_contract(card: ModelCard, key: str) -> Any:
-    """What the member expects as input; its own stain target (fitted on its own training
-    patients, applied inside its own graph) may differ between members."""
+    """What the member expects as input; its own Reinhard target (fitted on its own training
+    patients, applied inside its own graph) may differ between members. Per-group Macenko
+    runs before the graph, so members must share it."""
     value = getattr(card, key)
-    if key == "preprocessing":
+    stain = value.get("stain_norm") if key == "preprocessing" else None
+    if key == "preprocessing" and (not stain or stain.get("method", "reinhard") == "reinhard"):
         value = {k: v for k, v in value.items() if k != "stain_norm"}
     return value
 

@@ -172,11 +172,14 @@ def check_onnx(net, bundle_dir: Path, images: torch.Tensor, tol: float = 1e-3,
                 tta: bool = False) -> None:
     """The exported graph must score real patches like the network it came from."""
     from idcscan.inference.predictor import Predictor
+    from idcscan.stain import StainGroup
 
     if len(images) == 0:
         return
     expected = _val_logits(net, images, tta=tta)
-    got = Predictor(bundle_dir).logits(images.numpy())
+    # per-group stain normalisation already happened (the data module's, per patient)
+    as_given = StainGroup(source=None, matrix=None)
+    got = Predictor(bundle_dir).logits(images.numpy(), group=as_given)
     diff = float(np.abs(expected - got).max())
     if not diff <= tol:
         raise RuntimeError(f"ONNX export differs from the PyTorch network by {diff:.2e} "

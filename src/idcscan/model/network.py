@@ -44,8 +44,9 @@ class PreprocessLayer(nn.Module):
         std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * pre.pixel_scale
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
-        self.stain = ReinhardLayer(stain.StainTarget.from_dict(pre.stain_norm)) \
-            if pre.stain_norm else None
+        # per-group Macenko is applied before the graph (it needs the group's pixels)
+        norm = stain.stain_norm_from_dict(pre.stain_norm)
+        self.stain = ReinhardLayer(norm) if isinstance(norm, stain.StainTarget) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)

@@ -102,11 +102,14 @@ def _sample(images: torch.Tensor, seed: int, n: int = 4096) -> np.ndarray:
     return images[torch.from_numpy(np.sort(pick))].numpy()
 
 
-def fit_stain_target(images: torch.Tensor, seed: int) -> dict[str, Any]:
-    """The Reinhard target from (a seeded sample of) the training patches."""
-    from idcscan.stain import fit_target
+def fit_stain_target(cfg: TrainConfig, images: torch.Tensor) -> dict[str, Any]:
+    """The normalisation target: Reinhard's from (a seeded sample of) the training patches;
+    Macenko's is the published reference H&E (nothing fitted)."""
+    from idcscan.stain import MacenkoNorm, fit_target, macenko_reference
 
-    return fit_target(_sample(images, seed)).to_dict()
+    if cfg.stain_norm == "macenko":
+        return MacenkoNorm(macenko_reference()).to_dict()
+    return fit_target(_sample(images, cfg.seed)).to_dict()
 
 
 def _precision(cfg: TrainConfig, accelerator: str) -> str:
@@ -169,6 +172,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     from idcscan.data.datamodule import IDCDataModule
     from idcscan.model.callbacks import RoundMetricsCSV, ScheduleFit
     from idcscan.model.module import IDCModule
+    from idcscan.stain import MacenkoNorm
     from idcscan.model.progress_bar import CompactProgressBar
     from idcscan.model.schedule import Schedule, budget_schedule, epoch_schedule, \
         estimate_export_s
@@ -203,7 +207,9 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     stats = randstain_stats(_sample(dm.train_images, cfg.seed)) if cfg.randstain else None
     dm.augment = augment_preset(cfg.augment, cfg.hed_sigma, cfg.randstain, stats)
     if cfg.stain_norm != "none" and cfg.stain_target is None:
-        cfg.stain_target = fit_stain_target(dm.train_images, cfg.seed)
+        cfg.stain_target = fit_stain_target(cfg, dm.train_images)
+    if cfg.stain_norm == "macenko":
+        dm.normalise_per_patient(MacenkoNorm.from_dict(cfg.stain_target))
     net = build_network(cfg)
     if cfg.resume or child:
         # Weights come from the checkpoint (resume) or DDP's broadcast from rank 0 (child).
