@@ -50,7 +50,7 @@ def child(mode: str, bundle: Path, slides: Path, out: Path) -> None:
     record: dict = {"mode": mode}
     if mode == "1 process":
         from idcscan.inference.predictor import Predictor
-        from idcscan.inference.slide import run_slides
+        from idcscan.inference.slide_run import run_slides
 
         t0 = time.perf_counter()
         predictor = Predictor(bundle)

@@ -153,7 +153,8 @@ def peak_rss_kib() -> float:
 def child(bundle: Path, slide: Path, out: Path, batch_size: int) -> None:
     """The measured run, alone in its process: prints one JSON line."""
     from idcscan.inference.predictor import Predictor
-    from idcscan.inference.slide import SlideOptions, analyse_slide
+    from idcscan.inference.slide import SlideOptions
+    from idcscan.inference.slide_run import analyse_slide
 
     predictor = Predictor(bundle, batch_size=batch_size)
     start, cpu = time.perf_counter(), time.process_time()

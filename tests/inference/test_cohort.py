@@ -52,7 +52,8 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def single(trained_bundle: Path, slides: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: the same slides mapped by one process (no Dask)."""
     from idcscan.inference.predictor import Predictor
-    from idcscan.inference.slide import SlideOptions, run_slides
+    from idcscan.inference.slide import SlideOptions
+    from idcscan.inference.slide_run import run_slides
 
     out = tmp_path_factory.mktemp("cohort-single")
     report = run_slides(Predictor(trained_bundle), [slides], out, SlideOptions(), progress=False)

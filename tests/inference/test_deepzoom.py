@@ -6,7 +6,7 @@ from pathlib import Path
 
 from idcscan.data.synthetic_slide import write_synthetic_wsi
 from idcscan.inference.deepzoom import DeepZoom, jpeg_bytes
-from idcscan.inference.slide_reader import TiffSlideReader
+from idcscan.inference.slide_formats import TiffSlideReader
 
 
 def test_tile_jpeg_is_the_tile_encoded_and_keeps_only_overview_tiles(tmp_path: Path) -> None:

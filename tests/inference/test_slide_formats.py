@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from idcscan.cli import app
 from idcscan.errors import IdcscanError
-from idcscan.inference.slide_reader import OpenSlideReader, TiffSlideReader, open_slide
+from idcscan.inference.slide_formats import OpenSlideReader, TiffSlideReader, open_slide
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "openslide"
 

@@ -7,8 +7,8 @@ import pytest
 
 from idcscan.errors import IdcscanError
 from idcscan.inference.polygons import mask_polygons, ring_area
-from idcscan.inference.slide import expand_inputs, parse_shard, select_shard
-from idcscan.inference.slide_reader import PlainImageReader, open_slide
+from idcscan.inference.slide_run import expand_inputs, parse_shard, select_shard
+from idcscan.inference.slide_formats import PlainImageReader, open_slide
 from idcscan.inference.tiling import plan_grid
 from idcscan.inference.tissue import TissueParams, tile_fractions, tissue_mask
 
@@ -138,7 +138,7 @@ def test_openslide_and_tiffslide_readers_agree(tmp_path) -> None:
     pytest.importorskip("openslide")
     import tifffile
 
-    from idcscan.inference.slide_reader import OpenSlideReader, TiffSlideReader
+    from idcscan.inference.slide_formats import OpenSlideReader, TiffSlideReader
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)

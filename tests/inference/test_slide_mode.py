@@ -53,7 +53,7 @@ def idc_share(x: int, y: int, tile: int) -> float:
 
 
 def test_reader_goes_down_the_pyramid(pyramid: Path) -> None:
-    from idcscan.inference.slide_reader import TiffSlideReader, open_slide
+    from idcscan.inference.slide_formats import TiffSlideReader, open_slide
 
     with open_slide(pyramid) as reader:
         assert isinstance(reader, TiffSlideReader)
@@ -198,7 +198,7 @@ def test_shards_then_resume_cover_every_slide_once(trained_bundle: Path, tmp_pat
 def test_overlapping_tiles_average_into_finer_cells(trained_bundle: Path, tmp_path: Path) -> None:
     from idcscan.inference.predictor import Predictor
     from idcscan.inference.slide import SlideOptions, map_slide
-    from idcscan.inference.slide_reader import open_slide
+    from idcscan.inference.slide_formats import open_slide
 
     (path,) = _plain_slides(tmp_path, 1)
     predictor = Predictor(trained_bundle)

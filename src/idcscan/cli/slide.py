@@ -63,7 +63,8 @@ def slide(
     from idcscan.inference.bundle import load_bundle
     from idcscan.inference.predictor import Predictor
     from idcscan.cli.arguments import check_bundle_first
-    from idcscan.inference.slide import ScaleWarning, SlideOptions, run_slides
+    from idcscan.inference.slide import ScaleWarning, SlideOptions
+    from idcscan.inference.slide_run import run_slides
 
     check_bundle_first("slide", bundle, inputs)
     # one load (and checksum) of the bundle here; cohort workers load their own

@@ -26,11 +26,9 @@ from typing import Any
 from idcscan.errors import IdcscanError
 from idcscan.inference.cohort_report import write_model_card, write_report
 from idcscan.inference.cohort_worker import PROGRESS_TOPIC, map_one
-from idcscan.inference.slide import (
+from idcscan.inference.slide import ScaleWarning, SlideOptions, SlideSummary
+from idcscan.inference.slide_run import (
     RunReport,
-    ScaleWarning,
-    SlideOptions,
-    SlideSummary,
     expand_inputs,
     is_finished,
     parse_shard,

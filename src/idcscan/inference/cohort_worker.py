@@ -23,14 +23,8 @@ from typing import Any
 
 from idcscan.errors import IdcscanError
 from idcscan.inference.predictor import Predictor
-from idcscan.inference.slide import (
-    SUMMARY_JSON,
-    ScaleWarning,
-    SlideOptions,
-    analyse_slide,
-    is_finished,
-    slide_name,
-)
+from idcscan.inference.slide import SUMMARY_JSON, ScaleWarning, SlideOptions
+from idcscan.inference.slide_run import analyse_slide, is_finished, slide_name
 from idcscan.inference.slide_failures import record_failure
 
 #: Dask event topic on which workers report tiles done (client: ``subscribe_topic``)

@@ -29,8 +29,9 @@ from typing import Any
 
 from idcscan.errors import IdcscanError
 from idcscan.inference.deepzoom import DeepZoom
-from idcscan.inference.slide import slide_name
-from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader, open_slide
+from idcscan.inference.slide_run import slide_name
+from idcscan.inference.slide_formats import open_slide
+from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader
 
 DICOM_SUFFIX = ".dcm"
 

@@ -28,7 +28,7 @@ from idcscan.inference.context import CONTEXT_SIGMA
 from idcscan.inference.images import png_data_url
 from idcscan.inference.slide import ScaleWarning, SlideOptions, map_slide
 from idcscan.inference.slide_outputs import geojson, heatmap_layer, idc_polygons
-from idcscan.inference.slide_reader import open_slide_bytes
+from idcscan.inference.slide_formats import open_slide_bytes
 from idcscan.server.state import MB, ServerState, get_state
 from idcscan.server.uploads import ENVELOPE_BYTES, read_form, one_file
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from idcscan.data.synthetic_slide import write_synthetic_wsi
-from idcscan.inference.slide_reader import TiffSlideReader
+from idcscan.inference.slide_formats import TiffSlideReader
 
 
 def _regions(reader: TiffSlideReader, n: int, seed: int) -> list[tuple[int, int, int, int, int]]:
