@@ -25,7 +25,14 @@ from idcscan.inference.scale import MAX_PATCH_SIDE, check_patch_size, patch_warn
 from idcscan.preprocessing import to_patch
 from idcscan.server.schemas import BatchResponse, ErrorResponse, PredictResponse, verdict
 from idcscan.server.state import ServerState, get_state
-from idcscan.server.uploads import ENVELOPE_BYTES, BadUpload, many_files, one_file, read_form
+from idcscan.server.uploads import (
+    ENVELOPE_BYTES,
+    BadUpload,
+    many_files,
+    multipart_body,
+    one_file,
+    read_form,
+)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "No usable upload, or a broken image."},
@@ -37,26 +44,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         'patch: send it to /slide ("use": "/slide").',
     },
 }
-
-
-def _multipart_body(field: str, many: bool) -> dict[str, Any]:
-    """OpenAPI description of the multipart body the handler reads itself (for /docs)."""
-    binary: dict[str, Any] = {"type": "string", "format": "binary"}
-    schema = {"type": "array", "items": binary} if many else binary
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": [field],
-                        "properties": {field: schema},
-                    }
-                }
-            },
-        }
-    }
 
 
 #: Images up to this many pixels (judged from the header) are decoded and rendered on the
@@ -144,7 +131,7 @@ router = APIRouter()
     response_model=PredictResponse,
     response_model_exclude_none=True,
     responses=ERROR_RESPONSES,
-    openapi_extra=_multipart_body("file", many=False),
+    openapi_extra=multipart_body("file", many=False),
     summary="Classify one image patch",
 )
 async def predict(
@@ -169,7 +156,7 @@ async def predict(
     response_model=BatchResponse,
     response_model_exclude_none=True,
     responses=ERROR_RESPONSES,
-    openapi_extra=_multipart_body("files", many=True),
+    openapi_extra=multipart_body("files", many=True),
     summary="Classify several images",
 )
 async def predict_batch(

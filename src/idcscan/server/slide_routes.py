@@ -30,7 +30,7 @@ from idcscan.inference.slide import ScaleWarning, SlideOptions, map_slide
 from idcscan.inference.slide_outputs import geojson, heatmap_layer, idc_polygons
 from idcscan.inference.slide_formats import open_slide_bytes
 from idcscan.server.state import MB, ServerState, get_state
-from idcscan.server.uploads import ENVELOPE_BYTES, read_form, one_file
+from idcscan.server.uploads import ENVELOPE_BYTES, multipart_body, one_file, read_form
 
 router = APIRouter()
 
@@ -123,20 +123,7 @@ def _lock(request: Request) -> asyncio.Semaphore:
         413: {"description": "Too many bytes or pixels."},
         415: {"description": "An image format idcscan does not decode."},
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                    }
-                }
-            },
-        }
-    },
+    openapi_extra=multipart_body("file", many=False),
 )
 async def slide(
     request: Request,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -262,3 +263,24 @@ def many_files(parts: list[UploadPart], field: str = "files") -> list[UploadPart
 def text_fields(parts: list[UploadPart]) -> dict[str, str]:
     """Plain (non-file) form fields as text; the last value wins."""
     return {p.name: p.data.decode("utf-8", "replace") for p in parts if not p.is_file}
+
+
+def multipart_body(field: str, many: bool) -> dict[str, Any]:
+    """OpenAPI description of the multipart body a handler reads itself with ``read_form``
+    (FastAPI cannot see it, so /docs would show no upload field without this)."""
+    binary: dict[str, Any] = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": binary} if many else binary
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [field],
+                        "properties": {field: schema},
+                    }
+                }
+            },
+        }
+    }
