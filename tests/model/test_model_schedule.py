@@ -103,3 +103,53 @@ def test_replan_resizes_only_future_phase_two_rounds_to_the_time_left():
     # Nothing to re-plan without a budget, or before phase 2 starts.
     assert replan(epoch_schedule(100, 1, 2, 0.05), 1, 100, 0.1, 1) is None
     assert replan(s, 0, 100, 0.1, 1) is None
+
+
+def test_a_replan_bends_the_cosine_without_a_jump_and_keeps_the_past():
+    """A probe that judged the machine twice too slow plans half the steps; the re-plan after
+    the first round doubles what is left. The learning rate must go on from where it was
+    (a jump back up would be an accidental warm restart), past steps keep their values (a
+    resumed run rebuilds them from config.json), and the cosine still ends at its floor."""
+    from idcscan.model.schedule import replan
+
+    slow_probe = Rates(phase1_step_s=0.1, phase2_step_s=0.6, val_batch_s=0.5, val_batches=16,
+                       export_s=15.0)
+    s = budget_schedule(slow_probe, 720, 290, 0, 10, frozen_time_fraction=0, val_rounds=2,
+                        warmup_fraction=0.0)
+    assert s.phase1_epochs == 0 and len(s.epoch_steps) == 2
+    first = s.epoch_steps[0]
+    before = [s.lr_factor(i, "backbone") for i in range(s.total_steps)]
+    left = 720 - first * 0.3 - 8.0
+    new = replan(s, 1, left, step_s=0.3, val_s=8.0)
+    assert new[0] == first and sum(new) > 1.5 * s.total_steps
+    s.resize(new, 1)
+    after = [s.lr_factor(i, "backbone") for i in range(s.total_steps)]
+    assert after[:first] == pytest.approx(before[:first], abs=1e-12)
+    assert after[first] == pytest.approx(before[first], abs=0.01)
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert after[-1] == pytest.approx(FINAL_LR_FRACTION, abs=1e-3)
+    # The bend survives config.json: a resumed run rebuilds the same learning rates.
+    again = Schedule.from_dict(s.to_dict())
+    assert [again.lr_factor(i, "backbone") for i in range(s.total_steps)] == after
+
+
+def test_without_a_replan_the_cosine_is_the_plain_one():
+    import math
+
+    s = budget_schedule(RATES, 720, 290, 0, 10, frozen_time_fraction=0, val_rounds=2,
+                        warmup_fraction=0.0)
+    n = s.phase2_steps
+    for t in (0, n // 3, n - 1):
+        expect = FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (
+            1 + math.cos(math.pi * min(1.0, t / n)))
+        assert s.lr_factor(t, "backbone") == pytest.approx(expect)
+
+
+def test_the_default_budgeted_run_has_a_round_to_replan_after():
+    from idcscan.model.config import TrainConfig
+
+    cfg = TrainConfig(data="DATA", out="RUN")
+    s = budget_schedule(RATES, 720, 290, cfg.frozen_epochs, cfg.finetune_epochs,
+                        frozen_time_fraction=cfg.frozen_time_fraction,
+                        val_rounds=cfg.val_rounds)
+    assert len(s.epoch_steps) - s.phase1_epochs >= 2

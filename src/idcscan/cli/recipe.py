@@ -56,7 +56,9 @@ RECIPE: list[tuple[str, Any, Any]] = [
     ("final_lr_fraction", float, typer.Option(
         _D.final_lr_fraction, help="Learning rate at the end of the cosine, as a share of the "
                                    "peak (0: decay to zero).")),
-    ("val_rounds", int, typer.Option(_D.val_rounds, help="Validation rounds in phase 2.")),
+    ("val_rounds", int, typer.Option(
+        _D.val_rounds, help="Validation rounds in phase 2; with --max-minutes each re-plans "
+                            "the rounds left from the run's own pace.")),
     ("drop_path_rate", float, typer.Option(_D.drop_path_rate, help="Stochastic depth rate.")),
     ("head", str, typer.Option(_D.head, help="mlp (the seed's head) | linear.")),
     ("augment", str, typer.Option(

@@ -111,7 +111,7 @@ class ScheduleFit(L.Callback):
             new_steps = trainer.strategy.broadcast(new_steps, src=0)
         if new_steps is None or new_steps == schedule.epoch_steps:
             return
-        schedule.epoch_steps[:] = new_steps  # the LR lambdas hold this very object
+        schedule.resize(new_steps, trainer.current_epoch + 1)
         self.datamodule.set_schedule(schedule.epoch_steps)
         if self.on_schedule is not None and trainer.is_global_zero:
             self.on_schedule(schedule, self.deadline)

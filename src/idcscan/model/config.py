@@ -61,8 +61,10 @@ class TrainConfig:
     warmup_fraction: float = 0.0
     #: Phase 1's share of the training time when a budget is set (it is cheap but learns little).
     frozen_time_fraction: float = 0.0
-    #: Validation passes during phase 2 (one more closes phase 1); each picks the best model.
-    val_rounds: int = 1
+    #: Validation passes during phase 2 (one more closes phase 1); each picks the best model
+    #: and re-plans the rounds left from the run's own pace, so two rounds let a budgeted run
+    #: correct a start-of-run speed probe that misjudged the machine (it runs on a few steps).
+    val_rounds: int = 2
     #: Positive-class weight: "balanced" (n_neg / n_pos), "none", or a number. It shifts the
     #: logit by log(weight): kept with calibration "none" (P(IDC) class-balanced), removed from
     #: the head's bias before temperature scaling with "temperature".

@@ -54,6 +54,9 @@ class Schedule:
     head_warmup_steps: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     final_lr_fraction: float = FINAL_LR_FRACTION
+    #: (phase-2 step, cosine progress) pairs pinned by re-plans: the cosine passes through each,
+    #: so resizing the rounds left bends its remaining part instead of making the LR jump.
+    anchors: list[list[float]] = field(default_factory=list)
 
     @property
     def phase1_steps(self) -> int:
@@ -82,13 +85,33 @@ class Schedule:
                 return 0.0
             return min(1.0, (step + 1) / max(1, self.head_warmup_steps))
         t = step - s1
-        n = max(1, self.phase2_steps)
         if t < self.warmup_steps:
             return (t + 1) / (self.warmup_steps + 1)
-        progress = min(1.0, (t - self.warmup_steps) / max(1, n - self.warmup_steps))
-        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        cosine = 0.5 * (1 + math.cos(math.pi * self._progress(t)))
         floor = self.final_lr_fraction
         return floor + (1 - floor) * cosine
+
+    def _progress(self, t: int) -> float:
+        """How far along the cosine phase-2 step ``t`` is: piecewise linear through the
+        anchors, from 0 at the end of the warm-up to 1 at the last step."""
+        xs = [float(self.warmup_steps)] + [a[0] for a in self.anchors]
+        ys = [0.0] + [a[1] for a in self.anchors]
+        end = max(xs[-1] + 1, self.phase2_steps)
+        xs.append(float(end))
+        ys.append(1.0)
+        for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+            if t < x1:
+                return y0 + (y1 - y0) * max(0.0, t - x0) / (x1 - x0)
+        return 1.0
+
+    def resize(self, epoch_steps: list[int], done_epochs: int) -> None:
+        """Take new round lengths after ``done_epochs`` rounds, in place (the LR lambdas hold
+        this object), keeping the learning rate continuous at the step where it happens."""
+        if done_epochs > self.phase1_epochs:
+            t = sum(self.epoch_steps[self.phase1_epochs:done_epochs])
+            if self.warmup_steps < t < self.phase2_steps:
+                self.anchors.append([float(t), self._progress(t)])
+        self.epoch_steps[:] = epoch_steps
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,7 +122,7 @@ class Schedule:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Schedule":
         keys = ("epoch_steps", "phase1_epochs", "steps_per_pass", "warmup_steps",
-                "head_warmup_steps", "details", "final_lr_fraction")
+                "head_warmup_steps", "details", "final_lr_fraction", "anchors")
         return cls(**{k: d[k] for k in keys if k in d})
 
 
@@ -182,8 +205,8 @@ def replan(schedule: Schedule, done_epochs: int, seconds_left: float, step_s: fl
 
     Called after each round with the rates the run itself just showed (a shared machine speeds
     up and slows down), this closes the loop the initial plan opened. Past rounds never change,
-    so the data order and any checkpoint stay valid; the cosine stretches or shrinks a little.
-    Returns the new full ``epoch_steps``, or None when there is nothing to re-plan.
+    so the data order and any checkpoint stay valid; ``Schedule.resize`` then bends the rest of
+    the cosine so the learning rate goes on from where it is. Returns the new full ``epoch_steps``, or None when there is nothing to re-plan.
     """
     details = schedule.details
     remaining = len(schedule.epoch_steps) - done_epochs
