@@ -86,6 +86,47 @@ def test_in_graph_tta_equals_the_predictor_views_and_is_not_applied_twice(tmp_pa
     assert probs.shape == (5,)
 
 
+@pytest.mark.parametrize("views,symmetries", [
+    (2, [lambda a: a[:, :, ::-1]]),                                   # horizontal flip
+    (4, [lambda a: a[:, :, ::-1], lambda a: a[:, ::-1],                # both flips, rot 180
+         lambda a: np.rot90(a, 2, axes=(1, 2))]),
+    (8, [lambda a: np.rot90(a, 1, axes=(1, 2)), lambda a: a[:, ::-1],  # rot 90, a flip
+         lambda a: np.swapaxes(a, 1, 2)]),                              # transpose
+])
+def test_fewer_view_tta_is_the_mean_of_its_views_and_blind_to_its_symmetries(
+        tmp_path, views, symmetries):
+    """A TTA over a group of views gives a patch the same P(IDC) however it is flipped within
+    that group: a slide scanned mirror-wise gets the same map. Each set is the predictor's."""
+    from idcscan.model.export import export_bundle
+
+    torch.manual_seed(0)
+    net = IDCNet("test_efficientnet", Preprocessing(input_size=32)).eval()
+    x = np.random.default_rng(2).integers(0, 256, (4, 50, 50, 3), dtype=np.uint8)
+    with torch.no_grad():
+        per_view = [net(torch.from_numpy(v)).numpy() for v in dihedral_views(x, views)]
+        tta = DihedralTTA(net, views)(torch.from_numpy(x)).numpy()
+        assert len(per_view) == views
+        np.testing.assert_allclose(tta, np.mean(per_view, axis=0), atol=1e-5)
+        for g in symmetries:
+            moved = torch.from_numpy(np.ascontiguousarray(g(x)))
+            np.testing.assert_allclose(DihedralTTA(net, views)(moved).numpy(), tta, atol=1e-4)
+        one = net(torch.from_numpy(x)).numpy()
+        assert not np.allclose(net(torch.from_numpy(np.ascontiguousarray(
+            symmetries[0](x)))).numpy(), one, atol=1e-4)  # the bare network is not blind
+
+    export_bundle(net, tmp_path, tta=True, tta_views=views, threshold=0.5)
+    predictor = Predictor(tmp_path)
+    assert predictor.card.model_extra["tta"]["views"] == views
+    np.testing.assert_allclose(predictor.logits(x), tta, atol=1e-4)
+
+
+def test_tta_views_other_than_2_4_8_are_refused():
+    with pytest.raises(IdcscanError, match="--tta-views"):
+        TrainConfig(data="", out="", tta_views=3).validate()
+    with pytest.raises(ValueError, match="2, 4, 8 views"):
+        DihedralTTA(IDCNet("test_efficientnet", Preprocessing(input_size=32)), 6)
+
+
 @pytest.mark.parametrize("field,value,flag", [
     ("augment", "wild", "--augment"), ("normalize", "zscore", "--normalize"),
     ("select", "median", "--select"), ("head", "deep", "--head"),

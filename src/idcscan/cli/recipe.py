@@ -81,8 +81,12 @@ RECIPE: list[tuple[str, Any, Any]] = [
         _D.threshold_rule, help="balanced (max balanced accuracy on validation) | a fixed "
                                 "number such as 0.5.")),
     ("tta", bool, typer.Option(
-        _D.tta, "--tta/--no-tta", help="Bake 8-view dihedral TTA into the ONNX graph (every "
+        _D.tta, "--tta/--no-tta", help="Bake dihedral TTA into the ONNX graph (every "
                                        "consumer applies it; recorded in model.json).")),
+    ("tta_views", int, typer.Option(
+        _D.tta_views, help="Views that TTA averages: 8 (all symmetries of the square) | 4 (the "
+                           "flips) | 2 (identity + horizontal flip); each is one model "
+                           "evaluation per patch.")),
     ("stain_norm", str, typer.Option(
         _D.stain_norm, help="none | reinhard: per-patch Reinhard (lαβ) normalisation to a "
                             "target fitted on the training patches, inside the ONNX graph | "

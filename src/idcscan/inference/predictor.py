@@ -16,19 +16,21 @@ import onnxruntime as ort
 from idcscan.errors import IdcscanError
 from idcscan.inference.bundle import Bundle, load_bundle
 from idcscan.stain import MacenkoNorm, StainGroup, stain_norm_from_dict
+from idcscan.tta import view_indices
 
 
-def dihedral_views(patches: np.ndarray) -> list[np.ndarray]:
-    """The 8 symmetries of the square (4 rotations x optional flip) of NHWC patches.
+def dihedral_views(patches: np.ndarray, views: int = 8) -> list[np.ndarray]:
+    """Symmetries of the square of NHWC patches: all 8 (4 rotations x optional flip), or the
+    flip subsets of 2 or 4 (``idcscan.tta``), in the order the in-graph TTA uses.
 
     Tissue has no preferred orientation, so averaging over them (TTA) is free accuracy.
     """
-    views = []
-    for flip in (False, True):
+    out = []
+    for index in view_indices(views):
+        flip, k = divmod(index, 4)
         base = patches[:, :, ::-1] if flip else patches
-        for k in range(4):
-            views.append(np.ascontiguousarray(np.rot90(base, k=k, axes=(1, 2))))
-    return views
+        out.append(np.ascontiguousarray(np.rot90(base, k=k, axes=(1, 2))))
+    return out
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -103,9 +103,12 @@ class TrainConfig:
     calibration: str = "none"
     #: "balanced" (maximise balanced accuracy on validation) or a fixed number such as "0.5".
     threshold_rule: str = "0.5"
-    #: Bake 8-view dihedral test-time augmentation into the ONNX graph (every consumer gets it);
+    #: Bake dihedral test-time augmentation into the ONNX graph (every consumer gets it);
     #: calibration and threshold are then fitted on TTA outputs.
     tta: bool = True
+    #: How many views that TTA averages: 8 (every symmetry of the square), 4 (the flips) or 2
+    #: (identity + horizontal flip); each view is one more model evaluation per patch.
+    tta_views: int = 8
     #: Stain normalisation: "none", "reinhard" (per-patch lαβ statistics mapped to a target
     #: fitted on the training patches, inside the graph) or "macenko" (stains estimated per
     #: patient in training, per slide/patient/folder/image at inference; see ``idcscan.stain``).
@@ -163,6 +166,8 @@ class TrainConfig:
                                 f"{', '.join(allowed)} (got {getattr(self, name)!r})")
         if self.hed_sigma is not None and not 0 <= self.hed_sigma < 1:
             problems.append("--hed-sigma must be in [0, 1)")
+        if self.tta_views not in (2, 4, 8):
+            problems.append("--tta-views must be 2, 4 or 8")
         if not 0 <= self.randstain <= 5:
             problems.append("--randstain must be between 0 and 5")
         if not 0 < self.ema_decay < 1:

@@ -22,6 +22,7 @@ from idcscan.inference.bundle import (
 )
 from idcscan.model.network import DihedralTTA, ExportModel, IDCNet
 from idcscan.preprocessing import TRAINING_MPP
+from idcscan.tta import tta_card
 
 OPSET = 18
 
@@ -37,16 +38,11 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-#: What model.json says when the graph averages the 8 dihedral views itself.
-TTA_CARD = {"in_graph": True, "views": 8, "reduce": "mean logit over the 8 symmetries of the "
-            "square", "cam": "identity view"}
-
-
-def export_onnx(net: IDCNet, path: Path, tta: bool = False) -> Path:
+def export_onnx(net: IDCNet, path: Path, tta: bool = False, tta_views: int = 8) -> Path:
     """Write ``net`` (with in-graph preprocessing and Grad-CAM output) to ONNX, batch dynamic;
-    with ``tta`` the graph returns the mean logit over the 8 dihedral views."""
+    with ``tta`` the graph returns the mean logit over ``tta_views`` dihedral views."""
     net = net.eval().float().cpu()
-    model = ExportModel(DihedralTTA(net) if tta else net).eval()
+    model = ExportModel(DihedralTTA(net, tta_views) if tta else net).eval()
     p = net.pre.patch_size
     example = torch.randint(0, 256, (2, p, p, 3), dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,11 +65,11 @@ def export_onnx(net: IDCNet, path: Path, tta: bool = False) -> Path:
     return path
 
 
-def export_bundle(net: IDCNet, out_dir: str | Path, tta: bool = False,
+def export_bundle(net: IDCNet, out_dir: str | Path, tta: bool = False, tta_views: int = 8,
                   **card_fields: Any) -> Bundle:
     """Export ONNX and write the model card; ``card_fields`` fills threshold, metrics, data...."""
     out_dir = Path(out_dir)
-    onnx_path = export_onnx(net, out_dir / ONNX_NAME, tta=tta)
+    onnx_path = export_onnx(net, out_dir / ONNX_NAME, tta=tta, tta_views=tta_views)
     pre = net.pre
     fields: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -89,7 +85,7 @@ def export_bundle(net: IDCNet, out_dir: str | Path, tta: bool = False,
         "versions": package_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "disclaimer": DISCLAIMER,
-        "tta": TTA_CARD if tta else None,
+        "tta": tta_card(tta_views) if tta else None,
     }
     fields.update(card_fields)
     write_card(ModelCard.model_validate(fields), out_dir)

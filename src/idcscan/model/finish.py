@@ -49,13 +49,14 @@ def _best_state(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
 
 
-def _val_logits(net, images: torch.Tensor, batch: int = 256, tta: bool = False) -> np.ndarray:
-    """Logits of the (exported) network; with ``tta`` the graph's 8-view mean."""
+def _val_logits(net, images: torch.Tensor, batch: int = 256, tta: bool = False,
+                views: int = 8) -> np.ndarray:
+    """Logits of the (exported) network; with ``tta`` the graph's mean over ``views`` views."""
     from idcscan.model.network import DihedralTTA
 
     net.eval()
     if tta:
-        net, batch = DihedralTTA(net), max(1, batch // 8)
+        net, batch = DihedralTTA(net, views), max(1, batch // views)
     out = []
     with torch.no_grad():
         for s in range(0, len(images), batch):
@@ -97,7 +98,8 @@ def finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: di
     if val_tta:
         keep = np.sort(np.random.default_rng(cfg.seed).permutation(
             len(dm.val_labels))[:TTA_VAL_MAX])
-        logits = _val_logits(net, dm.val_images[keep], tta=True).astype(np.float64)
+        logits = _val_logits(net, dm.val_images[keep], tta=True,
+                             views=cfg.tta_views).astype(np.float64)
         labels = dm.val_labels.numpy()[keep]
     elif cached is not None:
         logits = cached["logits"].numpy().astype(np.float64)
@@ -144,14 +146,14 @@ def finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: di
     tmp = run_dir / f".{BUNDLE}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     export_bundle(
-        net, tmp, tta=cfg.tta,
+        net, tmp, tta=cfg.tta, tta_views=cfg.tta_views,
         calibration={"method": cfg.calibration, "temperature": temperature},
         threshold=threshold,
         metrics={"validation": validation},
         data=dm.provenance(),
         training=training,
     )
-    check_onnx(net, tmp, dm.val_images[:32], tta=cfg.tta)
+    check_onnx(net, tmp, dm.val_images[:32], tta=cfg.tta, views=cfg.tta_views)
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
     tmp.replace(bundle_dir)
@@ -169,14 +171,14 @@ def finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: di
 
 
 def check_onnx(net, bundle_dir: Path, images: torch.Tensor, tol: float = 1e-3,
-                tta: bool = False) -> None:
+                tta: bool = False, views: int = 8) -> None:
     """The exported graph must score real patches like the network it came from."""
     from idcscan.inference.predictor import Predictor
     from idcscan.stain import StainGroup
 
     if len(images) == 0:
         return
-    expected = _val_logits(net, images, tta=tta)
+    expected = _val_logits(net, images, tta=tta, views=views)
     # per-group stain normalisation already happened (the data module's, per patient)
     as_given = StainGroup(source=None, matrix=None)
     got = Predictor(bundle_dir).logits(images.numpy(), group=as_given)

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from idcscan import stain
 from idcscan.data import lab
 from idcscan.preprocessing import Preprocessing
+from idcscan.tta import view_indices
 
 
 class ReinhardLayer(nn.Module):
@@ -139,31 +140,35 @@ class IDCNet(nn.Module):
         return logit, cam
 
 
-def dihedral_stack(x: torch.Tensor) -> torch.Tensor:
-    """The 8 symmetries of the square of an NHWC batch, stacked view-major (8N, H, W, C);
-    the same views, in the same order, as ``idcscan.inference.predictor.dihedral_views``."""
-    views = []
-    for flip in (False, True):
+def dihedral_stack(x: torch.Tensor, views: int = 8) -> torch.Tensor:
+    """The symmetries of the square of an NHWC batch in ``idcscan.tta``'s set, stacked
+    view-major (views*N, H, W, C); the same views, in the same order, as
+    ``idcscan.inference.predictor.dihedral_views``."""
+    out = []
+    for index in view_indices(views):
+        flip, k = divmod(index, 4)
         base = torch.flip(x, dims=(2,)) if flip else x
-        views.extend(torch.rot90(base, k, dims=(1, 2)) for k in range(4))
-    return torch.cat(views)
+        out.append(torch.rot90(base, k, dims=(1, 2)) if k else base)
+    return torch.cat(out)
 
 
 class DihedralTTA(nn.Module):
-    """Test-time augmentation inside the graph: the mean logit over the 8 dihedral views.
+    """Test-time augmentation inside the graph: the mean logit over 2, 4 or 8 dihedral views.
 
     Grad-CAM comes from the identity view, so explanations still line up with the input."""
 
-    def __init__(self, net: IDCNet) -> None:
+    def __init__(self, net: IDCNet, views: int = 8) -> None:
         super().__init__()
+        view_indices(views)
         self.net = net
+        self.views = views
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(dihedral_stack(x)).view(8, -1).mean(0)
+        return self.net(dihedral_stack(x, self.views)).view(self.views, -1).mean(0)
 
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logit, cam = self.net.forward_with_cam(dihedral_stack(x))
-        return logit.view(8, -1).mean(0), cam[: x.shape[0]]
+        logit, cam = self.net.forward_with_cam(dihedral_stack(x, self.views))
+        return logit.view(self.views, -1).mean(0), cam[: x.shape[0]]
 
 
 class ExportModel(nn.Module):
