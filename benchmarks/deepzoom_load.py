@@ -1,6 +1,7 @@
 """Deep-zoom tile server under load: tile latency and server memory while clients browse.
 
     python benchmarks/deepzoom_load.py BUNDLE [--side 50000] [--clients 8] [--tiles 2000]
+        [--workers N]
 
 Writes a ``--side`` x ``--side`` pyramidal TIFF (``idcscan.data.synthetic_slide``: tiled,
 4x pyramid, mostly glass with three pieces of tissue) into a temporary folder, starts
@@ -8,8 +9,8 @@ Writes a ``--side`` x ``--side`` pyramidal TIFF (``idcscan.data.synthetic_slide`
 then ``--clients`` keep-alive connections fetch ``--tiles`` random Deep Zoom tiles between
 them: a level drawn uniformly from the top 8 (what a person zooming about asks for; the
 deepest levels hold most tiles), then a random tile of it. Prints tiles/s, latency
-p50/p90/p99 and the server's resident memory (VmRSS, sampled every 50 ms; its peak, the model
-included).
+p50/p90/p99, the server's CPU per tile and its resident memory (VmRSS sampled every 50 ms,
+its peak; the model included), both summed over the server's processes (one worker per core).
 
 The clients share this machine with the server, so they are kept light: one asyncio loop
 speaking plain HTTP/1.1 (tens of microseconds of CPU a request, where an httpx client thread
@@ -36,18 +37,45 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import free_port, idcscan_command  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: `serve` runs one worker process per core under it."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree.extend(frontier)
+    return tree
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (/proc/PID/stat), seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes together (VmRSS summed), MB."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                total += next((int(line.split()[1]) for line in fh
+                               if line.startswith("VmRSS:")), 0) / 1024.0
+        except OSError:
+            continue
+    return total
 
 
 def main() -> int:
@@ -61,6 +89,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--tiles", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="passed to idcscan serve (default: its own, one process per core)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="idcscan-dz-") as tmp:
@@ -73,6 +103,8 @@ def main() -> int:
         port = free_port()
         cmd = idcscan_command() + ["serve", str(args.bundle), "--port", str(port),
                                    "--slides", str(slides), "--maps", str(Path(tmp) / "maps")]
+        if args.workers is not None:
+            cmd += ["--workers", str(args.workers)]
         log = Path(tmp) / "serve.log"
         proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
@@ -89,8 +121,11 @@ def main() -> int:
                 time.sleep(0.25)
             slide = httpx.get(base + "/api/slides", timeout=60).json()[0]
             sid = slide["id"]
-            httpx.get(f"{base}/slides/{sid}.dzi", timeout=60)
-            rss_idle = rss_mb(proc.pid)
+            for _ in range(4 * args.clients):  # new connections: every worker opens the slide
+                with httpx.Client() as c:
+                    c.get(f"{base}/slides/{sid}.dzi", timeout=60)
+            server = process_tree(proc.pid)
+            rss_idle = rss_mb(server)
 
             top = math.ceil(math.log2(args.side))
             rng = np.random.default_rng(args.seed)
@@ -108,7 +143,7 @@ def main() -> int:
 
             def sample() -> None:
                 while not done.is_set():
-                    peak[0] = max(peak[0], rss_mb(proc.pid))
+                    peak[0] = max(peak[0], rss_mb(server))
                     time.sleep(0.05)
 
             async def client(paths: list[str]) -> None:
@@ -134,10 +169,10 @@ def main() -> int:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             t0 = time.perf_counter()
-            cpu0 = cpu_seconds(proc.pid)
+            cpu0 = cpu_seconds(server)
             asyncio.run(clients())
             wall = time.perf_counter() - t0
-            server_cpu = cpu_seconds(proc.pid) - cpu0
+            server_cpu = cpu_seconds(server) - cpu0
             done.set()
             sampler.join()
         finally:

@@ -60,13 +60,8 @@ def serve(
         raise IdcscanError(f"--slides {slides} is not a folder; give the folder of your slides.")
     _check_port(host, port)
     settings = ServerSettings(max_upload_mb=max_upload_mb, max_batch=max_batch)
-    if slides is not None:
-        # Map jobs and their progress live in the serving process; one process keeps a
-        # browser's "map this slide" and its progress bar talking to the same job.
-        if workers > 1:
-            raise IdcscanError("--slides serves from one process (its map jobs live there); "
-                               "drop --workers or set --workers 1.")
-        workers = 1
+    # With --slides too: map jobs and their progress live on disk beside the maps
+    # (server.map_jobs), so any worker process can answer a browser's progress bar.
     workers = workers or default_workers()
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):

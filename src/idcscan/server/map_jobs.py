@@ -7,10 +7,20 @@ tile server, and reports progress. Outputs land in
 writes, built aside and renamed into place, so a folder with ``summary.json`` is complete
 and a second visit opens it at once. The slide id already changes when the file does; the
 model's hash keeps maps of different models apart.
+
+``idcscan serve --slides`` runs one process per core, and a browser's progress requests may
+reach any of them, so a job lives on disk beside its outputs: ``.job.lock`` is held
+(``flock``) by the one process mapping the slide for as long as it does, and ``.job.json``
+says how far it is. The kernel drops the lock when that process dies, so a job whose file
+says "running" but whose lock is free was cut off, and is reported as failed (start it
+again), never as forever running.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -43,13 +53,51 @@ class MapJob:
         }
 
 
+JOB_FILE = ".job.json"
+LOCK_FILE = ".job.lock"
+
+
+def _write_job(path: Path, job: MapJob) -> None:
+    # progress is advisory, read by other processes: whole-file replace, no fsync
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps(job.as_dict()))
+    os.replace(tmp, path)
+
+
+def _lock_is_free(path: Path) -> bool:
+    """True when no process holds the job lock (its job, if any, is not running)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the shared lock we may have taken
+    return True
+
+
 class MapStore:
     def __init__(self, root: str | Path, predictor: Predictor) -> None:
         self.predictor = predictor
         self.root = Path(root) / (predictor.card.onnx_sha256 or "model")[:12]
-        self._jobs: dict[str, MapJob] = {}
+        self._jobs: dict[str, MapJob] = {}  # the jobs this process runs
+        self._locks: dict[str, int] = {}  # their lock file descriptors
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idcscan-map")
+        self._mapper: Predictor | None = None
+
+    def _map_predictor(self) -> Predictor:
+        """A predictor with every core for mapping: the serving one of a worker process has
+        only its share of them (one per worker), and a map is one long batch job."""
+        if self._mapper is None:
+            cores = os.cpu_count() or 1
+            serving = self.predictor.session.get_session_options().intra_op_num_threads
+            self._mapper = self.predictor if serving >= cores else \
+                Predictor(self.predictor.bundle, threads=cores)
+        return self._mapper
 
     def folder(self, entry: SlideEntry) -> Path | None:
         """The finished map folder of a slide, or None."""
@@ -59,39 +107,85 @@ class MapStore:
         found = sorted(p.parent for p in base.glob(f"*/{SUMMARY_JSON}"))
         return found[0] if found else None
 
+    def _on_disk(self, entry: SlideEntry) -> MapJob | None:
+        """The job another process (or an earlier one) recorded for this slide."""
+        base = self.root / entry.id
+        try:
+            raw = json.loads((base / JOB_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        job = MapJob(state=raw.get("state", "none"), done=int(raw.get("done", 0)),
+                     total=int(raw.get("total", 0)), error=raw.get("error"),
+                     warnings=tuple(raw.get("warnings", ())))
+        if job.state in ("queued", "running") and _lock_is_free(base / LOCK_FILE):
+            job.state = "failed"
+            job.error = ("The process that was mapping this slide stopped before it "
+                         "finished; start the map again.")
+        return job
+
     def status(self, entry: SlideEntry) -> dict[str, Any]:
         """``state``: none, queued, running, done (a finished folder exists) or failed."""
         with self._lock:
             job = self._jobs.get(entry.id)
-        if job is not None and job.state != "done":
+        if job is None:
+            job = self._on_disk(entry)
+        if job is not None and job.state in ("queued", "running"):
             return job.as_dict()
         if self.folder(entry) is not None:
             return MapJob(state="done", warnings=job.warnings if job else ()).as_dict()
+        if job is not None and job.state == "failed":
+            return job.as_dict()
         return MapJob(state="none").as_dict()
 
     def start(self, entry: SlideEntry, mpp: float | None = None) -> dict[str, Any]:
-        """Queue a map of ``entry`` unless one exists or is under way; returns its status."""
+        """Queue a map of ``entry`` unless one exists or is under way (in this process or
+        another); returns its status."""
         with self._lock:
             job = self._jobs.get(entry.id)
             if job is not None and job.state in ("queued", "running"):
                 return job.as_dict()
             if self.folder(entry) is not None:
                 return MapJob(state="done").as_dict()
-            job = MapJob()
-            self._jobs[entry.id] = job
+            base = self.root / entry.id
+            base.mkdir(parents=True, exist_ok=True)
+            fd = os.open(base / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                elsewhere = False
+            except BlockingIOError:  # another server process is mapping it
+                os.close(fd)
+                elsewhere = True
+            if not elsewhere:
+                if self.folder(entry) is not None:  # finished while we took the lock
+                    os.close(fd)
+                    return MapJob(state="done").as_dict()
+                job = MapJob()
+                self._jobs[entry.id] = job
+                self._locks[entry.id] = fd
+                _write_job(base / JOB_FILE, job)
+        if elsewhere:
+            return self.status(entry)
         self._pool.submit(self._run, entry, job, mpp)
         return job.as_dict()
 
     def _run(self, entry: SlideEntry, job: MapJob, mpp: float | None) -> None:
+        path = self.root / entry.id / JOB_FILE
+        shown = [-1]
+
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
+            percent = done * 100 // max(total, 1)
+            if percent != shown[0]:  # at most ~100 writes a job
+                shown[0] = percent
+                _write_job(path, job)
 
         job.state = "running"
         try:
+            _write_job(path, job)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScaleWarning)
                 analyse_slide(
-                    self.predictor, entry.path, self.root / entry.id, SlideOptions(mpp=mpp),
+                    self._map_predictor(), entry.path, self.root / entry.id, SlideOptions(mpp=mpp),
                     on_progress=progress,
                 )  # fmt: skip
             job.warnings = tuple(str(w.message) for w in caught)
@@ -102,6 +196,21 @@ class MapStore:
         except Exception as exc:  # a bug: reported on the page rather than lost in a thread
             job.error = f"Internal error while mapping (a bug): {type(exc).__name__}: {exc}"
             job.state = "failed"
+        finally:
+            try:
+                _write_job(path, job)
+            except OSError:
+                pass  # the outputs (or their absence) still say how it ended
+            with self._lock:
+                fd = self._locks.pop(entry.id, None)
+            if fd is not None:
+                os.close(fd)  # releases the lock for the other processes
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:  # jobs cancelled while queued give their slides back
+            for slide_id, job in list(self._jobs.items()):
+                fd = self._locks.get(slide_id)
+                if job.state == "queued" and fd is not None:
+                    del self._locks[slide_id]
+                    os.close(fd)

@@ -67,5 +67,7 @@ class ServerState:
         self.decode_gate = threading.BoundedSemaphore(max(1, self.settings.decode_slots))
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
+    # async: FastAPI runs a plain-def dependency in the thread pool, a hand-off per request
+    # for what is an attribute read.
     return request.app.state.idcscan

@@ -94,7 +94,9 @@ def configure_viewer_from_env(app: Any) -> Viewer | None:
     return configure_viewer(app, slides, os.environ.get(ENV_MAPS) or None)
 
 
-def get_viewer(request: Request) -> Viewer:
+async def get_viewer(request: Request) -> Viewer:
+    # async: FastAPI runs a plain-def dependency in the thread pool, a hand-off per request
+    # (per Deep Zoom tile) for what is an attribute read.
     viewer = getattr(request.app.state, "idcscan_viewer", None)
     if viewer is None:
         raise HTTPException(404)
