@@ -107,3 +107,46 @@ def test_mapping_gets_every_core_even_when_a_worker_serves_with_one(
     cores = os.cpu_count() or 1
     assert mapper.session.get_session_options().intra_op_num_threads == cores
     assert (mapper is serving) == (cores == 1)
+
+
+def test_an_earlier_failure_here_does_not_hide_a_map_made_by_another_worker(
+        tiny_bundle: Path, slide: SlideEntry, tmp_path: Path) -> None:
+    predictor = Predictor(tiny_bundle, threads=1)
+    a, b = MapStore(tmp_path / "maps", predictor), MapStore(tmp_path / "maps", predictor)
+    hidden = slide.path.with_name("away.bin")
+    slide.path.rename(hidden)  # the file is gone for a moment: this worker's job fails
+    a.start(slide)
+    assert _wait_for(a, slide, ("done", "failed"))["state"] == "failed"
+    hidden.rename(slide.path)
+    b.start(slide)  # the retry lands on another worker
+    assert _wait_for(b, slide, ("done", "failed"))["state"] == "done"
+    assert a.status(slide)["state"] == "done"  # not its own stale failure
+    a.close(), b.close()
+
+
+def test_an_unwritable_maps_folder_is_a_one_line_failure_not_a_stuck_job(
+        tiny_bundle: Path, slide: SlideEntry, tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    maps.write_text("a file where the maps folder should be")  # unwritable, even for root
+    store = MapStore(maps, Predictor(tiny_bundle, threads=1))
+    started = store.start(slide)
+    assert started["state"] == "failed" and "Cannot write maps" in started["error"]
+    assert "\n" not in started["error"] and store._locks == {}
+    assert store.status(slide)["state"] == "none"  # nothing left queued
+
+
+def test_the_map_route_answers_503_with_the_reason_when_a_map_cannot_start(
+        tiny_bundle: Path, slide: SlideEntry, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from idcscan.server.app import create_app
+    from idcscan.server.viewer_routes import configure_viewer
+
+    maps = tmp_path / "maps"
+    maps.write_text("not a folder")
+    app = create_app(tiny_bundle)
+    configure_viewer(app, slide.path.parent, maps)
+    with TestClient(app) as client:
+        r = client.post(f"/api/slides/{slide.id}/map")
+    assert r.status_code == 503
+    assert r.json()["state"] == "failed" and "Cannot write maps" in r.json()["error"]

@@ -22,8 +22,9 @@ import fcntl
 import json
 import os
 import threading
+import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class MapJob:
 
 JOB_FILE = ".job.json"
 LOCK_FILE = ".job.lock"
+#: How often ``start`` retries a lock it found taken: a status probe in another process holds
+#: a shared lock for microseconds, and a click must not be lost to it.
+LOCK_TRIES = 5
 
 
 def _write_job(path: Path, job: MapJob) -> None:
@@ -64,11 +68,26 @@ def _write_job(path: Path, job: MapJob) -> None:
     os.replace(tmp, path)
 
 
+def _read_job(path: Path) -> MapJob | None:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return MapJob(state=str(raw.get("state", "none")), done=int(raw.get("done", 0)),
+                      total=int(raw.get("total", 0)), error=raw.get("error"),
+                      warnings=tuple(str(w) for w in raw.get("warnings", ())))
+    except (TypeError, ValueError):
+        return None
+
+
 def _lock_is_free(path: Path) -> bool:
     """True when no process holds the job lock (its job, if any, is not running)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -79,12 +98,27 @@ def _lock_is_free(path: Path) -> bool:
     return True
 
 
+def _take_lock(path: Path) -> int | None:
+    """The job lock's descriptor, held exclusively; None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if attempt + 1 < LOCK_TRIES:
+                time.sleep(0.01)
+    os.close(fd)
+    return None
+
+
 class MapStore:
     def __init__(self, root: str | Path, predictor: Predictor) -> None:
         self.predictor = predictor
         self.root = Path(root) / (predictor.card.onnx_sha256 or "model")[:12]
-        self._jobs: dict[str, MapJob] = {}  # the jobs this process runs
-        self._locks: dict[str, int] = {}  # their lock file descriptors
+        self._jobs: dict[str, MapJob] = {}  # the jobs this process runs or ran
+        self._locks: dict[str, int] = {}  # lock descriptors of those not finished
+        self._futures: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idcscan-map")
         self._mapper: Predictor | None = None
@@ -100,35 +134,40 @@ class MapStore:
         return self._mapper
 
     def folder(self, entry: SlideEntry) -> Path | None:
-        """The finished map folder of a slide, or None."""
+        """The finished map folder of a slide, or None (hidden folders are maps being
+        written or replaced)."""
         base = self.root / entry.id
         if not base.is_dir():
             return None
-        found = sorted(p.parent for p in base.glob(f"*/{SUMMARY_JSON}"))
+        found = sorted(p.parent for p in base.glob(f"*/{SUMMARY_JSON}")
+                       if not p.parent.name.startswith("."))
         return found[0] if found else None
 
     def _on_disk(self, entry: SlideEntry) -> MapJob | None:
-        """The job another process (or an earlier one) recorded for this slide."""
+        """The job the processes sharing this folder recorded for the slide."""
         base = self.root / entry.id
-        try:
-            raw = json.loads((base / JOB_FILE).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        job = MapJob(state=raw.get("state", "none"), done=int(raw.get("done", 0)),
-                     total=int(raw.get("total", 0)), error=raw.get("error"),
-                     warnings=tuple(raw.get("warnings", ())))
-        if job.state in ("queued", "running") and _lock_is_free(base / LOCK_FILE):
-            job.state = "failed"
-            job.error = ("The process that was mapping this slide stopped before it "
-                         "finished; start the map again.")
+        job = _read_job(base / JOB_FILE)
+        if job is not None and job.state in ("queued", "running") and \
+                _lock_is_free(base / LOCK_FILE):
+            job = _read_job(base / JOB_FILE)  # it may have ended between the two reads
+            if job is not None and job.state in ("queued", "running"):
+                job.state = "failed"
+                job.error = ("The process that was mapping this slide stopped before it "
+                             "finished; start the map again.")
         return job
+
+    def _current(self, entry: SlideEntry) -> MapJob | None:
+        """This process's job while it runs; otherwise what the folder says (a retry, or a
+        later map, may have been made by another process since)."""
+        with self._lock:
+            job = self._jobs.get(entry.id)
+        if job is not None and job.state in ("queued", "running"):
+            return job
+        return self._on_disk(entry) or job
 
     def status(self, entry: SlideEntry) -> dict[str, Any]:
         """``state``: none, queued, running, done (a finished folder exists) or failed."""
-        with self._lock:
-            job = self._jobs.get(entry.id)
-        if job is None:
-            job = self._on_disk(entry)
+        job = self._current(entry)
         if job is not None and job.state in ("queued", "running"):
             return job.as_dict()
         if self.folder(entry) is not None:
@@ -144,49 +183,66 @@ class MapStore:
             job = self._jobs.get(entry.id)
             if job is not None and job.state in ("queued", "running"):
                 return job.as_dict()
-            if self.folder(entry) is not None:
-                return MapJob(state="done").as_dict()
-            base = self.root / entry.id
+        if self.folder(entry) is not None:
+            return MapJob(state="done").as_dict()
+        base = self.root / entry.id
+        try:
             base.mkdir(parents=True, exist_ok=True)
-            fd = os.open(base / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                elsewhere = False
-            except BlockingIOError:  # another server process is mapping it
+            fd = _take_lock(base / LOCK_FILE)
+        except OSError as exc:
+            return MapJob(state="failed", error=one_line(
+                f"Cannot write maps under {self.root}: {exc.strerror or exc}.")).as_dict()
+        if fd is None:  # another server process is mapping it
+            return self.status(entry)
+        job = MapJob()
+        try:
+            if self.folder(entry) is not None:  # finished while we took the lock
                 os.close(fd)
-                elsewhere = True
-            if not elsewhere:
-                if self.folder(entry) is not None:  # finished while we took the lock
-                    os.close(fd)
-                    return MapJob(state="done").as_dict()
-                job = MapJob()
+                return MapJob(state="done").as_dict()
+            _write_job(base / JOB_FILE, job)
+            with self._lock:
+                if self._jobs.get(entry.id) is not None and \
+                        self._jobs[entry.id].state in ("queued", "running"):
+                    os.close(fd)  # a thread of this process got there first
+                    return self._jobs[entry.id].as_dict()
                 self._jobs[entry.id] = job
                 self._locks[entry.id] = fd
-                _write_job(base / JOB_FILE, job)
-        if elsewhere:
-            return self.status(entry)
-        self._pool.submit(self._run, entry, job, mpp)
+                self._futures[entry.id] = self._pool.submit(self._run, entry, job, mpp)
+        except (OSError, RuntimeError) as exc:  # a read-only folder; a server shutting down
+            with self._lock:
+                if self._locks.get(entry.id) == fd:
+                    del self._locks[entry.id]
+                    self._jobs.pop(entry.id, None)
+            os.close(fd)
+            return MapJob(state="failed", error=one_line(
+                f"Cannot start the map: {getattr(exc, 'strerror', None) or exc}.")).as_dict()
         return job.as_dict()
 
     def _run(self, entry: SlideEntry, job: MapJob, mpp: float | None) -> None:
         path = self.root / entry.id / JOB_FILE
         shown = [-1]
 
+        def record() -> None:
+            try:
+                _write_job(path, job)
+            except OSError:
+                pass  # progress is advisory; the outputs say how the map ended
+
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
             percent = done * 100 // max(total, 1)
             if percent != shown[0]:  # at most ~100 writes a job
                 shown[0] = percent
-                _write_job(path, job)
+                record()
 
         job.state = "running"
         try:
-            _write_job(path, job)
+            record()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScaleWarning)
                 analyse_slide(
-                    self._map_predictor(), entry.path, self.root / entry.id, SlideOptions(mpp=mpp),
-                    on_progress=progress,
+                    self._map_predictor(), entry.path, self.root / entry.id,
+                    SlideOptions(mpp=mpp), on_progress=progress,
                 )  # fmt: skip
             job.warnings = tuple(str(w.message) for w in caught)
             job.state = "done"
@@ -197,20 +253,18 @@ class MapStore:
             job.error = f"Internal error while mapping (a bug): {type(exc).__name__}: {exc}"
             job.state = "failed"
         finally:
-            try:
-                _write_job(path, job)
-            except OSError:
-                pass  # the outputs (or their absence) still say how it ended
+            record()
             with self._lock:
                 fd = self._locks.pop(entry.id, None)
+                self._futures.pop(entry.id, None)
             if fd is not None:
                 os.close(fd)  # releases the lock for the other processes
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._lock:  # jobs cancelled while queued give their slides back
-            for slide_id, job in list(self._jobs.items()):
+        with self._lock:  # jobs cancelled before they began give their slides back
+            for slide_id, future in list(self._futures.items()):
                 fd = self._locks.get(slide_id)
-                if job.state == "queued" and fd is not None:
-                    del self._locks[slide_id]
+                if future.cancelled() and fd is not None:
+                    del self._locks[slide_id], self._futures[slide_id]
                     os.close(fd)

@@ -176,6 +176,8 @@ def start_map(
 ) -> JSONResponse:
     entry = _entry(viewer, slide_id)
     status = viewer.maps.start(entry, mpp=mpp)
+    if status["state"] == "failed":  # could not even start (e.g. the maps folder is read-only)
+        return JSONResponse({"error": status["error"], **status}, status_code=503)
     return JSONResponse(status, status_code=200 if status["state"] == "done" else 202)
 
 
