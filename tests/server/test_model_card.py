@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from idcscan.inference.model_card import tta_text
 from idcscan.server.app import create_app
+from idcscan.tta import tta_card
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,8 @@ def test_card_reads_like_a_card(evaluated: Path) -> None:
     assert "P(IDC) ≥ 50.00%" in card["decision"]["call"]
     assert text.count("30.00%") == 1  # the review threshold, once, with its meaning
     assert "/somewhere" not in text and str(evaluated) not in text  # no absolute paths
+    model_rows = dict(card["sections"][0]["rows"])
+    assert model_rows["Test-time augmentation"] == tta_text(health["model"]["tta"])
     titles = [s["title"] for s in card["sections"]]
     assert titles[:2] == ["Model", "Training data"]
     test = card["sections"][-1]
@@ -72,3 +76,11 @@ def test_a_report_of_another_model_is_not_linked(evaluated: Path, tmp_path: Path
         assert not any(s["title"].startswith("Test set") for s in card["sections"])
         missing = client.get("/report")
         assert missing.status_code == 404 and "idcscan evaluate" in missing.json()["error"]
+
+
+def test_the_card_says_how_many_views_each_answer_averages() -> None:
+    assert tta_text(None) == "none (one view per patch)"
+    four = tta_text(tta_card(4))
+    assert four.startswith("mean logit over identity, horizontal and vertical flips")
+    assert "averages 4 flipped/rotated views" in four and "4 model evaluations" in four
+    assert "8 model evaluations" in tta_text(tta_card(8))

@@ -196,6 +196,15 @@ def stain_text(stain: dict[str, Any] | None) -> str:
     return "Reinhard (lαβ), per patch, to a target fitted on the training patches."
 
 
+def tta_text(tta: dict[str, Any] | None) -> str:
+    if not isinstance(tta, dict) or not tta.get("in_graph"):
+        return "none (one view per patch)"
+    views = int(tta.get("views", 8))
+    return (f"{tta.get('reduce', f'mean logit over {views} views')}, inside the model: every "
+            f"answer averages {views} flipped/rotated views of the patch ({views} model "
+            "evaluations each)")
+
+
 def readable_card(
     card: ModelCard, report: dict[str, Any] | None = None, report_link: str | None = None
 ) -> dict[str, Any]:
@@ -208,6 +217,8 @@ def readable_card(
         ["Backbone", card.backbone],
         ["Calibration", calibration_text(calibration.method, calibration.temperature)],
     ]
+    tta = (card.model_extra or {}).get("tta")
+    model_rows.append(["Test-time augmentation", tta_text(tta)])
     stain = stain_text(card.preprocessing.get("stain_norm"))
     if stain:
         model_rows.append(["Stain normalisation", stain])
