@@ -58,6 +58,10 @@ def test_model_card_has_calibration_threshold_metrics_provenance(run: TrainResul
     assert val["threshold"] == card.threshold
     assert {"auc", "balanced_accuracy", "sensitivity", "specificity", "ece"} <= set(val)
     assert card.data["split_by"] == "patient" and card.data["n_patients"] == 12
+    # The first recipe chose all three on validation patients, and the card says so.
+    assert card.data["trained_on"] == ("train split; validation split used for checkpoint "
+                                       "choice, temperature and review threshold; test split "
+                                       "untouched")
     assert card.data["counts"]["val"]["total"] == val["n_patches"]
     assert card.training["weights"]["source"].startswith("package efficientnet-lite0")
     assert card.training["schedule"]["total_steps"] == 30

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from idcscan.inference.model_card import tta_text
+from idcscan.inference.bundle import ModelCard
+from idcscan.inference.model_card import readable_card, tta_text
 from idcscan.server.app import create_app
 from idcscan.tta import tta_card
 
@@ -84,3 +85,41 @@ def test_the_card_says_how_many_views_each_answer_averages() -> None:
     assert four.startswith("mean logit over identity, horizontal and vertical flips")
     assert "averages 4 flipped/rotated views" in four and "4 model evaluations" in four
     assert "8 model evaluations" in tta_text(tta_card(8))
+
+
+def _card(threshold: float, select: str, calibration: str, threshold_rule: str) -> dict:
+    """The readable card of a model.json that records how its recipe used validation."""
+    rule = ("max balanced accuracy on the validation patients" if threshold_rule == "balanced"
+            else f"fixed at {threshold_rule}")
+    card = ModelCard(
+        name="m", version="1", backbone="tf_efficientnet_lite0", input_size=64, patch_size=50,
+        mpp=4.0, preprocessing={}, onnx_sha256="0" * 64, threshold=threshold,
+        created="2026-12-05T23:08:10+00:00",
+        data={"trained_on": "train split; validation split used for checkpoint choice, "
+                            "temperature and threshold; test split untouched"},
+        training={"threshold_rule": rule, "config": {
+            "select": select, "calibration": calibration, "threshold_rule": threshold_rule}},
+    )
+    return readable_card(card)
+
+
+def test_a_fixed_threshold_does_not_read_as_one_fitted_to_patients() -> None:
+    card = _card(0.5, "last", "none", "0.5")  # the default recipe
+    review = card["decision"]["review"]
+    assert "chosen on validation" not in review
+    assert "fixed threshold, the same as the call" in review and "exactly the IDC Positive" in review
+    use = dict(card["sections"][1]["rows"])["Use of splits"]
+    assert "only measured" in use and "checkpoint choice" not in use
+    assert dict(card["sections"][0]["rows"])["Exported"] == "2026-12-05 23:08 UTC"
+
+
+def test_a_fitted_threshold_says_how_it_was_chosen() -> None:
+    card = _card(0.31, "best", "temperature", "balanced")
+    assert card["decision"]["review"] == (
+        "Flagged for review when P(IDC) ≥ 31.00%: the review threshold (max balanced accuracy "
+        "on the validation patients). It catches more IDC at the cost of false alarms.")
+    use = dict(card["sections"][1]["rows"])["Use of splits"]
+    assert use == ("train split; validation split used for checkpoint choice, temperature and "
+                   "review threshold; test split untouched")
+    only = dict(_card(0.5, "last", "temperature", "0.5")["sections"][1]["rows"])["Use of splits"]
+    assert "used for temperature;" in only

@@ -257,6 +257,4 @@ class IDCDataModule(L.LightningDataModule):
             "split_by": meta.get("split_by", "patient"),
             "splits_file": str(self.splits.resolve()) if self.splits is not None else None,
             "prepared_by": meta.get("idcscan_version"),
-            "trained_on": "train split; validation split used for checkpoint choice, "
-                          "temperature and threshold; test split untouched",
         }

@@ -10,8 +10,9 @@ CSV/JSON files, evaluation reports, HTTP API):
   non-IDC weighted equally, so 50% balances sensitivity and specificity), or the training
   set's IDC share after temperature scaling.
 * **The review flag.** ``flagged`` when P(IDC) reaches the bundle's threshold (model.json
-  ``threshold``, chosen on validation patients to maximise balanced accuracy; below 50% when
-  IDC is the rarer class). It marks patches worth a pathologist's second look, trading false
+  ``threshold``: fixed at 50% for the default recipe, so it flags exactly the positive calls;
+  chosen on validation patients to maximise balanced accuracy with ``--threshold-rule
+  balanced``, below 50% when IDC is the rarer class). It marks patches worth a pathologist's second look, trading false
   alarms for missed IDC. A flagged patch may still be called IDC Negative.
 
 The seed's fields keep their names and meaning: ``predicted_class`` 1 is "IDC Positive",
@@ -36,9 +37,10 @@ CONFIDENCE_RULE = (
     "Confidence is the probability of the class called, so it is always at least 50%."
 )
 FLAG_RULE = (
-    "Flagged for review when P(IDC) reaches the model's review threshold (chosen on validation "
-    "patients for balanced sensitivity and specificity): it catches more IDC at the cost of "
-    "false alarms, so a flagged patch may still be called IDC Negative."
+    "Flagged for review when P(IDC) reaches the model's review threshold (its model card says "
+    "how it was set: fixed, or chosen on validation patients for balanced sensitivity and "
+    "specificity); below 50% it catches more IDC at the cost of false alarms, so a flagged "
+    "patch may still be called IDC Negative."
 )
 
 

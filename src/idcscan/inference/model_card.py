@@ -14,6 +14,7 @@ as HTML and ``card_markdown`` prints as Markdown (``idcscan card``), so both say
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -69,6 +70,17 @@ def _num(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{float(value):.{digits}f}"
 
 
+def _when(created: str) -> str:
+    """ISO time as a reader writes it (2026-12-05 23:08 UTC); anything else as recorded."""
+    try:
+        moment = datetime.fromisoformat(created)
+    except (TypeError, ValueError):
+        return str(created)
+    if moment.tzinfo is not None:
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
 def _confusion(
     matrix: list[list[int]], caption: str,
     columns: tuple[str, str] = ("called IDC Negative", "called IDC Positive"),
@@ -79,6 +91,33 @@ def _confusion(
         "columns": ["", *columns],
         "rows": [["true non-IDC", f"{tn:,}", f"{fp:,}"], ["true IDC", f"{fn:,}", f"{tp:,}"]],
     }
+
+
+def validation_use(select: str, calibration: str, threshold_rule: str) -> str:
+    """What the validation patients decided, for "Use of splits": a reader judges the
+    validation figures by whether they also chose what they measure."""
+    uses = []
+    if select == "best":
+        uses.append("checkpoint choice")
+    if calibration == "temperature":
+        uses.append("temperature")
+    if threshold_rule == "balanced":
+        uses.append("review threshold")
+    if uses:
+        used = ", ".join(uses[:-1]) + (" and " if len(uses) > 1 else "") + uses[-1]
+        return f"train split; validation split used for {used}; test split untouched"
+    return ("train split; validation split only measured (the weights of the last step, "
+            "no recalibration, a fixed threshold), so its figures were not chosen on it; "
+            "test split untouched")
+
+
+def _use_of_splits(card: ModelCard) -> str | None:
+    """From the recorded recipe where there is one (bundles before it was derived carry a
+    sentence that named every use whether or not the recipe made it)."""
+    config = (card.training or {}).get("config") or {}
+    if all(k in config for k in ("select", "calibration", "threshold_rule")):
+        return validation_use(config["select"], config["calibration"], config["threshold_rule"])
+    return (card.data or {}).get("trained_on")
 
 
 def _data_section(card: ModelCard) -> dict[str, Any]:
@@ -102,8 +141,9 @@ def _data_section(card: ModelCard) -> dict[str, Any]:
         rows.append(["Split", f"by {data['split_by']}" + (f", seed {seed}" if seed is not None
                                                           else "")
                      + ": no patient is in two splits"])
-    if data.get("trained_on"):
-        rows.append(["Use of splits", str(data["trained_on"])])
+    use = _use_of_splits(card)
+    if use:
+        rows.append(["Use of splits", str(use)])
     for key, value in data.items():
         if key in ("source", "path", "counts", "patients_per_split", "split_by", "split_seed",
                    "trained_on", "n_patients", "val_frac", "test_frac", "prepared_by"):
@@ -205,6 +245,24 @@ def tta_text(tta: dict[str, Any] | None) -> str:
             "evaluations each)")
 
 
+def review_text(card: ModelCard) -> str:
+    """How the review threshold was set, from model.json's ``training.threshold_rule``: a
+    fixed threshold must not read as one fitted to patients, and one equal to the call flags
+    exactly the IDC Positive calls."""
+    rule = str((card.training or {}).get("threshold_rule") or "")
+    head = f"Flagged for review when P(IDC) ≥ {percent(card.threshold)}: "
+    if rule.startswith("fixed"):
+        if abs(card.threshold - DECISION_THRESHOLD) < 1e-9:
+            return head + ("a fixed threshold, the same as the call, so exactly the IDC "
+                           "Positive patches are flagged; nothing was fitted to patients for it.")
+        return head + ("a fixed threshold (not fitted to patients). It catches more IDC at "
+                       "the cost of false alarms." if card.threshold < DECISION_THRESHOLD
+                       else "a fixed threshold (not fitted to patients).")
+    how = rule or "chosen on validation patients for balanced sensitivity and specificity"
+    return head + f"the review threshold ({how}). It catches more IDC at the cost of false " \
+        "alarms."
+
+
 def readable_card(
     card: ModelCard, report: dict[str, Any] | None = None, report_link: str | None = None
 ) -> dict[str, Any]:
@@ -223,13 +281,11 @@ def readable_card(
     if stain:
         model_rows.append(["Stain normalisation", stain])
     if card.created:
-        model_rows.append(["Exported", card.created])
+        model_rows.append(["Exported", _when(card.created)])
     decision = {
         "call": f"IDC Positive when P(IDC) ≥ {percent(DECISION_THRESHOLD)} (IDC more likely "
                 "than not); confidence is the probability of the class called.",
-        "review": f"Flagged for review when P(IDC) ≥ {percent(card.threshold)}: the threshold "
-                  "chosen on validation patients for balanced sensitivity and specificity. "
-                  "It catches more IDC at the cost of false alarms.",
+        "review": review_text(card),
         "review_threshold": card.threshold,
         "slide_area": _slide_area_text(card),
     }

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from idcscan import DISCLAIMER
+from idcscan.inference.model_card import validation_use
 from idcscan.model.config import BUNDLE, CONFIG_NAME, CURVES, METRICS, TrainConfig, write_json
 
 #: With --tta, calibration and the threshold are fitted on the 8-view outputs of at most this
@@ -150,7 +151,8 @@ def finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: di
         calibration={"method": cfg.calibration, "temperature": temperature},
         threshold=threshold,
         metrics={"validation": validation},
-        data=dm.provenance(),
+        data={**dm.provenance(), "trained_on": validation_use(
+            cfg.select, cfg.calibration, cfg.threshold_rule)},
         training=training,
     )
     check_onnx(net, tmp, dm.val_images[:32], tta=cfg.tta, views=cfg.tta_views)

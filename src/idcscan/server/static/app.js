@@ -96,7 +96,11 @@
     const dl = el("dl", { class: "kv" });
     for (const [key, value] of entries) {
       if (value === undefined || value === "") continue;
-      dl.append(el("dt", { text: key }), el("dd", { text: formatValue(value) }));
+      const text = formatValue(value);
+      // A sentence does not fit the narrow value column: it goes under its label instead.
+      const long = String(text).length > 40;
+      dl.append(el("dt", { class: long ? "kv__key--long" : "", text: key }),
+        el("dd", { class: long ? "kv__long" : "", text }));
     }
     return dl;
   }
