@@ -18,8 +18,8 @@ from idcscan import DISCLAIMER
 from idcscan.inference.model_card import validation_use
 from idcscan.model.config import BUNDLE, CONFIG_NAME, CURVES, METRICS, TrainConfig, write_json
 
-#: With --tta, calibration and the threshold are fitted on the 8-view outputs of at most this
-#: many validation patches (a seeded sample): 8 views of the whole split cost too much of a
+#: With --tta, calibration and the threshold are fitted on the TTA outputs of at most this
+#: many validation patches (a seeded sample): every view of the whole split cost too much of a
 #: CPU budget.
 TTA_VAL_MAX = 2048
 
