@@ -47,6 +47,7 @@ def test_every_option_is_recorded(run: Path):
     assert cfg["stain_norm"] == "reinhard" and len(cfg["stain_target"]["mean"]) == 3
     card = load_bundle(run / "bundle").card
     assert card.model_extra["tta"]["in_graph"] is True
+    assert cfg["tta_views"] == card.model_extra["tta"]["views"] == 4  # the default: the flips
     assert card.preprocessing["mean"] == card.preprocessing["std"] == [0.5, 0.5, 0.5]
     assert card.preprocessing["stain_norm"] == cfg["stain_target"]
     assert card.threshold == 0.5 and card.calibration.temperature == 1.0
@@ -69,7 +70,7 @@ def test_bundle_holds_the_ema_weights_with_tta_in_the_graph(run: Path, prepared_
         net = build_network(TrainConfig.from_dict(card.training["config"])).eval()
         net.load_state_dict(state)
         with torch.no_grad():
-            nets[name] = DihedralTTA(net)(x).numpy()
+            nets[name] = DihedralTTA(net, card.model_extra["tta"]["views"])(x).numpy()
     onnx_logits = Predictor(run / "bundle").logits(patches)
     np.testing.assert_allclose(onnx_logits, nets["ema"], atol=1e-4)
     assert not np.allclose(onnx_logits, nets["last"], atol=1e-3)  # the average, not the last
