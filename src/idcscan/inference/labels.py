@@ -12,8 +12,9 @@ CSV/JSON files, evaluation reports, HTTP API):
 * **The review flag.** ``flagged`` when P(IDC) reaches the bundle's threshold (model.json
   ``threshold``: fixed at 50% for the default recipe, so it flags exactly the positive calls;
   chosen on validation patients to maximise balanced accuracy with ``--threshold-rule
-  balanced``, below 50% when IDC is the rarer class). It marks patches worth a pathologist's second look, trading false
-  alarms for missed IDC. A flagged patch may still be called IDC Negative.
+  balanced``, below 50% when IDC is the rarer class). It marks patches worth a pathologist's
+  second look, trading false alarms for missed IDC. A flagged patch may still be called IDC
+  Negative.
 
 The seed's fields keep their names and meaning: ``predicted_class`` 1 is "IDC Positive",
 ``confidence`` is the probability of the predicted class.

@@ -106,9 +106,8 @@ def validation_use(select: str, calibration: str, threshold_rule: str) -> str:
     if uses:
         used = ", ".join(uses[:-1]) + (" and " if len(uses) > 1 else "") + uses[-1]
         return f"train split; validation split used for {used}; test split untouched"
-    return ("train split; validation split only measured (the weights of the last step, "
-            "no recalibration, a fixed threshold), so its figures were not chosen on it; "
-            "test split untouched")
+    return ("train split; validation split only measured (no checkpoint, temperature or "
+            "threshold was chosen on it); test split untouched")
 
 
 def _use_of_splits(card: ModelCard) -> str | None:

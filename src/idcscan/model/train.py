@@ -248,7 +248,8 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
         fixed = POST_FIT_S + ROUND_OVERHEAD_S * (cfg.val_rounds + 1)
         # Scoring validation again after fit: every TTA view (of a sample); once for EMA.
         if needs_tta_val(cfg):
-            fixed += rates.val_pass_s * 8 * min(1.0, TTA_VAL_MAX / max(1, len(dm.val_labels)))
+            fixed += rates.val_pass_s * cfg.tta_views * min(
+                1.0, TTA_VAL_MAX / max(1, len(dm.val_labels)))
         elif cfg.select == "ema":
             fixed += rates.val_pass_s
         return budget_schedule(
