@@ -93,6 +93,10 @@ def test_dashboard_classifies_explains_and_rejects(
     expect(card.get_by_test_id("confidence")).to_have_text(re.compile(r"^\d{1,3}\.\d\d%$"))
     meter_text = card.get_by_role("meter").get_attribute("aria-valuetext")
     assert "IDC Positive from 50.00%" in meter_text and meter_text.endswith("from 50.00%")
+    # A review threshold at the call is said once: one tick, one rule in the caption.
+    expect(card.get_by_test_id("thresholds")).to_have_text(
+        "IDC Positive, and flagged for review, from 50.00% (the tick)")
+    assert card.locator(".meter__threshold").count() == 1
 
     # The same bytes through the API give the same numbers the card shows.
     api = httpx.post(

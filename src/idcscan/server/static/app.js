@@ -256,11 +256,15 @@
       el("div", { class: "meter__fill", style: `width: ${clamp(probability)}%` }),
       el("div", { class: "meter__threshold", style: `left: ${clamp(call)}%`,
         title: `IDC Positive from P(IDC) ${pct(call)}` }),
-      el("div", { class: "meter__threshold meter__threshold--review", style: `left: ${clamp(review)}%`,
-        title: `Review flag from P(IDC) ${pct(review)}` }),
+      // A review threshold at the call itself (the default bundle) would draw a second tick on
+      // top of the first and read as a second rule; it is said once instead.
+      review === call ? null : el("div", { class: "meter__threshold meter__threshold--review",
+        style: `left: ${clamp(review)}%`, title: `Review flag from P(IDC) ${pct(review)}` }),
     ]);
     const caption = el("div", { class: "meter__caption", "data-testid": "thresholds" },
-      `IDC Positive from ${pct(call)} (solid tick) · review from ${pct(review)} (dashed)`);
+      review === call
+        ? `IDC Positive, and flagged for review, from ${pct(call)} (the tick)`
+        : `IDC Positive from ${pct(call)} (solid tick) · review from ${pct(review)} (dashed)`);
     const flags = [];
     if (r.flagged) {
       flags.push(el("span", { class: "badge badge--warning", "data-testid": "review-flag",
