@@ -51,6 +51,7 @@ def test_every_option_is_recorded(run: Path):
     assert card.preprocessing["mean"] == card.preprocessing["std"] == [0.5, 0.5, 0.5]
     assert card.preprocessing["stain_norm"] == cfg["stain_target"]
     assert card.threshold == 0.5 and card.calibration.temperature == 1.0
+    assert "only measured" in card.data["trained_on"]  # EMA, no calibration, fixed threshold
     assert card.training["prior_correction"] == 0.0
     assert card.training["schedule"]["phase1_steps"] == 0  # no frozen phase
     assert card.training["augmentation"]["preset"] == "basic"

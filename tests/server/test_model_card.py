@@ -123,3 +123,6 @@ def test_a_fitted_threshold_says_how_it_was_chosen() -> None:
                    "review threshold; test split untouched")
     only = dict(_card(0.5, "last", "temperature", "0.5")["sections"][1]["rows"])["Use of splits"]
     assert "used for temperature;" in only
+    # A fitted threshold at or above the call catches no more IDC than the call does.
+    high = _card(0.59, "ema", "none", "balanced")["decision"]["review"]
+    assert high.endswith("(max balanced accuracy on the validation patients).")

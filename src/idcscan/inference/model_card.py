@@ -258,8 +258,10 @@ def review_text(card: ModelCard) -> str:
                        "the cost of false alarms." if card.threshold < DECISION_THRESHOLD
                        else "a fixed threshold (not fitted to patients).")
     how = rule or "chosen on validation patients for balanced sensitivity and specificity"
-    return head + f"the review threshold ({how}). It catches more IDC at the cost of false " \
-        "alarms."
+    text = head + f"the review threshold ({how})."
+    if card.threshold < DECISION_THRESHOLD:
+        text += " It catches more IDC at the cost of false alarms."
+    return text
 
 
 def readable_card(
