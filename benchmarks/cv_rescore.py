@@ -1,0 +1,61 @@
+"""Re-score a finished CV run's out-of-fold patches with other bundles of the same folds
+(e.g. each fold re-exported with another TTA view count by ``reexport_tta.py``), written in
+the layout ``idcscan cv`` writes, so ``cv_compare.py`` can pair the result with any other run.
+
+Usage:
+    for i in 0 1 2 3 4; do python benchmarks/reexport_tta.py CV/fold-$i/run --views 4 \\
+        --out CV4/fold-$i/run/bundle; done
+    python benchmarks/cv_rescore.py CV CV4 DATA
+
+Reads ``CV/oof_predictions.csv`` (which patch was tested in which fold), scores each fold's
+patches with ``CV4/fold-N/run/bundle`` (ONNX Runtime, the bundle's own TTA and calibration),
+and writes ``CV4/oof_predictions.csv`` and a ``CV4/cv.json`` with per-fold AUC and balanced
+accuracy at the bundle's threshold. Prints the per-fold figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from idcscan.inference.predictor import Predictor
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cv", type=Path, help="finished `idcscan cv` folder")
+    ap.add_argument("out", type=Path, help="folder holding fold-N/run/bundle to score with")
+    ap.add_argument("data", type=Path, help="the prepared DATA both were run on")
+    args = ap.parse_args()
+    patches = np.load(args.data / "patches.npy", mmap_mode="r")
+    with open(args.cv / "oof_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out, folds = [], []
+    for fold in sorted({int(r["fold"]) for r in rows}):
+        sel = [r for r in rows if int(r["fold"]) == fold]
+        predictor = Predictor(args.out / f"fold-{fold}" / "run" / "bundle")
+        idx = np.array([int(r["row"]) for r in sel])
+        probs = predictor.predict_proba(np.ascontiguousarray(patches[idx]))
+        labels = np.array([int(r["label"]) for r in sel])
+        threshold = float(predictor.threshold)
+        folds.append({"fold": fold, "threshold": threshold,
+                      "auc": float(roc_auc_score(labels, probs)),
+                      "balanced_accuracy": float(balanced_accuracy_score(
+                          labels, probs >= threshold))})
+        print(f"fold {fold}: {len(sel):,} patches, AUC {folds[-1]['auc']:.4f}, "
+              f"balanced accuracy {folds[-1]['balanced_accuracy']:.4f}")
+        out += [{**r, "probability": f"{p:.6f}"} for r, p in zip(sel, probs)]
+    with open(args.out / "oof_predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["row", "patient", "fold", "label", "probability"])
+        writer.writeheader()
+        writer.writerows(out)
+    (args.out / "cv.json").write_text(json.dumps({"folds": folds}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
