@@ -21,8 +21,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from idcscan.evaluation.cv import write_csv
+from idcscan.evaluation.metrics import binary_metrics
 from idcscan.inference.predictor import Predictor
 
 
@@ -42,18 +43,14 @@ def main() -> None:
         idx = np.array([int(r["row"]) for r in sel])
         probs = predictor.predict_proba(np.ascontiguousarray(patches[idx]))
         labels = np.array([int(r["label"]) for r in sel])
-        threshold = float(predictor.threshold)
-        folds.append({"fold": fold, "threshold": threshold,
-                      "auc": float(roc_auc_score(labels, probs)),
-                      "balanced_accuracy": float(balanced_accuracy_score(
-                          labels, probs >= threshold))})
+        metrics = binary_metrics(labels, probs, predictor.threshold)
+        folds.append({"fold": fold, **{k: metrics[k] for k in
+                                       ("threshold", "auc", "balanced_accuracy")}})
         print(f"fold {fold}: {len(sel):,} patches, AUC {folds[-1]['auc']:.4f}, "
               f"balanced accuracy {folds[-1]['balanced_accuracy']:.4f}")
         out += [{**r, "probability": f"{p:.6f}"} for r, p in zip(sel, probs)]
-    with open(args.out / "oof_predictions.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["row", "patient", "fold", "label", "probability"])
-        writer.writeheader()
-        writer.writerows(out)
+    write_csv(args.out / "oof_predictions.csv",
+              ["row", "patient", "fold", "label", "probability"], out)
     (args.out / "cv.json").write_text(json.dumps({"folds": folds}, indent=1))
 
 
