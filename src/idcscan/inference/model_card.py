@@ -250,15 +250,14 @@ def review_text(card: ModelCard) -> str:
     exactly the IDC Positive calls."""
     rule = str((card.training or {}).get("threshold_rule") or "")
     head = f"Flagged for review when P(IDC) ≥ {percent(card.threshold)}: "
-    if rule.startswith("fixed"):
-        if abs(card.threshold - DECISION_THRESHOLD) < 1e-9:
-            return head + ("a fixed threshold, the same as the call, so exactly the IDC "
-                           "Positive patches are flagged; nothing was fitted to patients for it.")
-        return head + ("a fixed threshold (not fitted to patients). It catches more IDC at "
-                       "the cost of false alarms." if card.threshold < DECISION_THRESHOLD
-                       else "a fixed threshold (not fitted to patients).")
-    how = rule or "chosen on validation patients for balanced sensitivity and specificity"
-    text = head + f"the review threshold ({how})."
+    fixed = rule.startswith("fixed")
+    if fixed and abs(card.threshold - DECISION_THRESHOLD) < 1e-9:
+        return head + ("a fixed threshold, the same as the call, so exactly the IDC Positive "
+                       "patches are flagged; nothing was fitted to patients for it.")
+    text = head + ("a fixed threshold (not fitted to patients)." if fixed else
+                   "the review threshold ("
+                   + (rule or "chosen on validation patients for balanced sensitivity and "
+                      "specificity") + ").")
     if card.threshold < DECISION_THRESHOLD:
         text += " It catches more IDC at the cost of false alarms."
     return text
