@@ -4,8 +4,8 @@
         [--requests 5000] [--clients 1 --clients 16 --clients 64]
         [--soak-requests 20000] [--soak-clients 64] [--no-soak] [-- SERVE_ARGS...]
 
-1. The predictor alone (ONNX Runtime in this process, every core): images/s at batch 1 and 64
-   on real patches.
+1. The predictor alone (in this process, every core, the engine ``idcscan serve`` picks: the
+   default, or ``--runtime`` among SERVE_ARGS): images/s at batch 1 and 64 on real patches.
 2. ``idcscan serve BUNDLE --port P`` started exactly as a user starts it (plus any
    ``SERVE_ARGS`` after ``--``), as a subprocess on 127.0.0.1; ApacheBench (``ab``, Debian
    package apache2-utils) posts real 50x50 PNG patches (multipart field ``file``) to
@@ -213,13 +213,14 @@ class Row:
     p99_ms: float | None = None
 
 
-def predictor_rows(bundle: Path, patches: list[bytes], seconds: float) -> list[Row]:
+def predictor_rows(bundle: Path, patches: list[bytes], seconds: float,
+                   runtime: str | None) -> tuple[list[Row], str]:
     from idcscan.inference.images import decode_rgb
     from idcscan.inference.predictor import Predictor
     from idcscan.preprocessing import to_patch
     from idcscan.server.runtime import usable_cores
 
-    predictor = Predictor(bundle, threads=usable_cores())
+    predictor = Predictor(bundle, threads=usable_cores(), runtime=runtime)
     arrays = np.stack([to_patch(decode_rgb(p), 50) for p in patches])
     rows = []
     for batch in (1, 64):
@@ -231,7 +232,7 @@ def predictor_rows(bundle: Path, patches: list[bytes], seconds: float) -> list[R
             done += batch
         rate = done / (time.perf_counter() - start)
         rows.append(Row(f"predictor alone, batch {batch}", "-", done, 0, rate))
-    return rows
+    return rows, str(predictor.engine.info)
 
 
 def run_ab(url: str, body: bytes, clients: int, total: int, workdir: Path) -> Row:
@@ -401,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(machine(), highlight=False)
     patches = real_patches(args.patches, 256)
     bodies = [multipart(p) for p in patches]
-    rows = predictor_rows(args.bundle, patches, args.predictor_seconds)
+    runtime = serve_args[serve_args.index("--runtime") + 1] if "--runtime" in serve_args else None
+    rows, engine = predictor_rows(args.bundle, patches, args.predictor_seconds, runtime)
     port = free_port()
     url = f"http://127.0.0.1:{port}/predict"
     with tempfile.TemporaryDirectory(prefix="idcscan-load-") as tmp:
@@ -437,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             "-" if r.p99_ms is None else f"{r.p99_ms:.0f}",
         )
     console.print(table)
+    served_by = health["runtime"]
+    console.print(f"predictor alone: {engine}; each server worker: {served_by['engine']} "
+                  f"{served_by['precision']}, {served_by['threads']} thread(s)", highlight=False)
     console.print(f"batching in the last worker asked: {health['batching']}", highlight=False)
 
     served = {int(r.clients): r for r in rows if r.clients != "-"}

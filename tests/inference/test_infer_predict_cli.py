@@ -168,3 +168,23 @@ def test_inference_modules_do_not_import_torch() -> None:
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_runtime_flag_picks_the_engine_and_a_bad_one_is_named(tiny_bundle, tree, tmp_path,
+                                                              monkeypatch) -> None:
+    from idcscan.inference.engine import ENV_RUNTIME
+
+    monkeypatch.delenv(ENV_RUNTIME, raising=False)  # the flag sets it for this process
+    root, arrays = tree
+    out = tmp_path / "rows.csv"
+    result = runner.invoke(app, ["predict", str(tiny_bundle), str(root), "--out", str(out),
+                                 "--runtime", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    reference = Predictor(tiny_bundle, runtime="onnxruntime")
+    rows = {r["path"]: r for r in read_csv(out) if not r["error"]}
+    for path, arr in arrays.items():
+        want = reference.predict_proba(arr[None])[0]
+        assert float(rows[path]["probability_positive"]) == pytest.approx(want, abs=1e-6)
+    bad = runner.invoke(app, ["predict", str(tiny_bundle), str(root), "--runtime", "tensorrt"])
+    assert bad.exit_code == 2
+    assert "--runtime must be one of auto, onnxruntime, openvino; got 'tensorrt'" in bad.output

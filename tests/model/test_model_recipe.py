@@ -115,7 +115,7 @@ def test_fewer_view_tta_is_the_mean_of_its_views_and_blind_to_its_symmetries(
             symmetries[0](x)))).numpy(), one, atol=1e-4)  # the bare network is not blind
 
     export_bundle(net, tmp_path, tta=True, tta_views=views, threshold=0.5)
-    predictor = Predictor(tmp_path)
+    predictor = Predictor(tmp_path, runtime="onnxruntime")  # the file, in fp32
     assert predictor.card.model_extra["tta"]["views"] == views
     np.testing.assert_allclose(predictor.logits(x), tta, atol=1e-4)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,28 @@ def test_the_default_budgeted_run_has_a_round_to_replan_after():
                         frozen_time_fraction=cfg.frozen_time_fraction,
                         val_rounds=cfg.val_rounds)
     assert len(s.epoch_steps) - s.phase1_epochs >= 2
+
+
+def test_the_budget_reserves_one_validation_pass_per_tta_view_fitted_on() -> None:
+    """A budgeted run scores validation again after fit through every view when calibration
+    or the threshold is fitted on TTA outputs; that time must come out of the steps, or a run
+    with more views overruns --max-minutes."""
+    from idcscan.model.config import TrainConfig
+    from idcscan.model.finish import TTA_VAL_MAX
+    from idcscan.model.train import post_fit_cost_s
+
+    def config(**fields) -> TrainConfig:
+        return TrainConfig(data=Path("DATA"), out=Path("RUN"), **fields)
+
+    fitted = {"calibration": "temperature"}
+    plain = post_fit_cost_s(config(), 2.0, 1000)
+    for views in (2, 4, 8):
+        cost = post_fit_cost_s(config(**fitted, tta_views=views), 2.0, 1000)
+        assert cost == pytest.approx(plain + views * 2.0)
+    # only TTA_VAL_MAX patches are scored per view, so a large validation set costs a share
+    large = post_fit_cost_s(config(**fitted, tta_views=8), 2.0, 4 * TTA_VAL_MAX)
+    assert large == pytest.approx(plain + 8 * 2.0 / 4)
+    # nothing fitted on validation: no second pass; EMA weights: one pass without views
+    assert post_fit_cost_s(config(tta_views=8), 2.0, 1000) == plain
+    assert post_fit_cost_s(config(select="ema"), 2.0, 1000) == pytest.approx(plain + 2.0)
+    assert post_fit_cost_s(config(**fitted, tta=False), 2.0, 1000) == plain

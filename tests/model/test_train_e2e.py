@@ -86,8 +86,8 @@ def test_onnx_equals_pytorch_logits_and_cam(run: TrainResult, prepared_data: Pat
     net = _exported_network(run)
     with torch.no_grad():
         logit, cam = net.forward_with_cam(torch.from_numpy(patches))
-    predictor = Predictor(run.bundle_dir)
-    onnx_logit, onnx_cam = predictor.session.run(["logit", "cam"], {"image": patches})
+    predictor = Predictor(run.bundle_dir, runtime="onnxruntime")
+    onnx_logit, onnx_cam = predictor.engine.run(["logit", "cam"], patches)
     assert onnx_cam.shape == tuple(cam.shape)
     np.testing.assert_allclose(onnx_logit, logit.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(onnx_cam, cam.numpy(), atol=1e-4, rtol=0)
@@ -98,7 +98,7 @@ def test_card_validation_metrics_are_what_the_bundle_produces(run: TrainResult,
     from idcscan.evaluation.metrics import binary_metrics
 
     val = load_packed(prepared_data).subset("val")
-    predictor = Predictor(run.bundle_dir)
+    predictor = Predictor(run.bundle_dir, runtime="onnxruntime")  # as training measured them
     probs = predictor.predict_proba(val.images())
     recomputed = binary_metrics(val.label, probs, predictor.threshold)
     card = predictor.card.metrics["validation"]

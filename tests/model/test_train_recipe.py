@@ -72,8 +72,9 @@ def test_bundle_holds_the_ema_weights_with_tta_in_the_graph(run: Path, prepared_
         net.load_state_dict(state)
         with torch.no_grad():
             nets[name] = DihedralTTA(net, card.model_extra["tta"]["views"])(x).numpy()
-    onnx_logits = Predictor(run / "bundle").logits(patches)
+    reference = Predictor(run / "bundle", runtime="onnxruntime")  # the file, in fp32
+    onnx_logits = reference.logits(patches)
     np.testing.assert_allclose(onnx_logits, nets["ema"], atol=1e-4)
     assert not np.allclose(onnx_logits, nets["last"], atol=1e-3)  # the average, not the last
     # Evaluate applies the graph's TTA as-is (and does not stack its own on top).
-    assert np.array_equal(Predictor(run / "bundle").logits(patches, tta=True), onnx_logits)
+    assert np.array_equal(reference.logits(patches, tta=True), onnx_logits)

@@ -196,6 +196,9 @@ def test_health_describes_the_model(client, predictor) -> None:
     assert card["calibration"]["temperature"] > 0
     assert body["versions"]["idcscan"] == __version__
     assert {"onnxruntime", "python"} <= set(body["versions"])
+    assert body["runtime"] == predictor.engine.info.as_dict()
+    assert body["runtime"]["engine"] in ("onnxruntime", "openvino")
+    assert body["runtime"]["precision"] in ("fp32", "bf16")
     assert body["disclaimer"] == DISCLAIMER and body["demo"] is False
     assert body["limits"]["max_upload_mb"] == 20.0
 

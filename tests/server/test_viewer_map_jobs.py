@@ -105,7 +105,7 @@ def test_mapping_gets_every_core_even_when_a_worker_serves_with_one(
     serving = Predictor(tiny_bundle, threads=1)
     mapper = MapStore(tmp_path, serving)._map_predictor()
     cores = os.cpu_count() or 1
-    assert mapper.session.get_session_options().intra_op_num_threads == cores
+    assert mapper.engine.info.threads == cores
     assert (mapper is serving) == (cores == 1)
 
 

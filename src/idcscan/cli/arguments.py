@@ -1,4 +1,4 @@
-"""Checks on the BUNDLE argument shared by the commands that take ``BUNDLE INPUT...``.
+"""What the scoring commands share: the check on their BUNDLE argument and ``--runtime``.
 
 A bundle is recognised by its model.json (``idcscan.inference.bundle``), so when the first
 argument is not one but an input is, the two were most likely typed the wrong way round; one
@@ -7,11 +7,31 @@ sentence saying so beats "No model bundle at image.png".
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import typer
+
 from idcscan.errors import IdcscanError
 from idcscan.inference.bundle import CARD_NAME
+from idcscan.inference.engine import ENV_RUNTIME, RUNTIMES, resolve_runtime
+
+RUNTIME_HELP = (
+    "What runs the model: auto (OpenVINO in bf16 on a CPU with native bf16, else ONNX Runtime "
+    f"fp32), onnxruntime or openvino. Default: ${ENV_RUNTIME}, else auto."
+)
+
+
+def runtime_option() -> typer.Option:  # type: ignore[valid-type]
+    return typer.Option(None, "--runtime", metavar="|".join(RUNTIMES), help=RUNTIME_HELP)
+
+
+def apply_runtime(runtime: str | None) -> None:
+    """Check ``--runtime`` and make it every predictor's default in this process and those it
+    starts (server workers, Dask workers), which read ``IDCSCAN_RUNTIME``."""
+    if runtime is not None:
+        os.environ[ENV_RUNTIME] = resolve_runtime(runtime)
 
 
 def _is_bundle(path: Path) -> bool:

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from idcscan.cli.app import app, out, print_disclaimer
+from idcscan.cli.arguments import apply_runtime, runtime_option
 from idcscan.data.packed import SPLITS
 
 
@@ -18,15 +19,17 @@ def evaluate(
     report: Path = typer.Option(..., "--out", "-o", help="Directory for the report (replaced)."),
     split: str = typer.Option("test", help=f"Split to evaluate: {', '.join(SPLITS)}."),
     tta: bool = typer.Option(False, "--tta", help="Average the 8 dihedral views per patch."),
-    batch_size: int = typer.Option(256, help="Patches per ONNX Runtime call."),
+    batch_size: int = typer.Option(256, help="Patches per model call."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples (over patients) for the CIs."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    runtime: str | None = runtime_option(),
 ) -> None:
     """Score a dataset split with a bundle; write metrics with patient-level 95% CIs and plots."""
     from idcscan.evaluation.evaluate import REPORT_FILE
     from idcscan.evaluation.evaluate import evaluate as run_evaluation
     from idcscan.evaluation.report import METRIC_LABELS
 
+    apply_runtime(runtime)
     print_disclaimer()
     result = run_evaluation(
         bundle, data, split=split, out=report, tta=tta, batch_size=batch_size,

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from idcscan.cli.app import app, console, out, print_disclaimer, print_warning
+from idcscan.cli.arguments import runtime_option
 from idcscan.errors import IdcscanError
 from idcscan.progress import progress_bar
 
@@ -35,6 +36,7 @@ def predict(
         "image: each alone; folder: each folder's images (a patient's, a scan's); all: every "
         "input together. Other bundles ignore it.",
     ),
+    runtime: str | None = runtime_option(),
 ) -> None:
     """Predict IDC for image patches and folders of them: one row per image (unreadable files get an error row).
 
@@ -42,7 +44,7 @@ def predict(
     """  # noqa: E501  (one line per paragraph: the help wraps it)
     from rich.table import Table
 
-    from idcscan.cli.arguments import check_bundle_first
+    from idcscan.cli.arguments import apply_runtime, check_bundle_first
     from idcscan.inference.folder import STAIN_GROUPS, collect_images, output_format
     from idcscan.inference.folder import predict_files
     from idcscan.inference.folder import write_predictions
@@ -50,6 +52,7 @@ def predict(
     from idcscan.inference.predictor import Predictor
 
     check_bundle_first("predict", bundle, inputs)
+    apply_runtime(runtime)
     if out_file is not None:
         output_format(out_file)  # refuse a bad suffix before any work
     if stain_group not in STAIN_GROUPS:

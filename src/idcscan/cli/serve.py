@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from idcscan.cli.app import app, console, print_disclaimer
+from idcscan.cli.arguments import apply_runtime, runtime_option
 from idcscan.errors import IdcscanError
 
 
@@ -48,6 +49,7 @@ def serve(
     maps: Path | None = typer.Option(
         None, help="Where maps made from the viewer are kept (default: ~/.cache/idcscan/maps).",
     ),
+    runtime: str | None = runtime_option(),
 ) -> None:
     """Serve the dashboard and JSON API (/predict, /predict/batch, /health; docs at /docs).
     Research use only."""
@@ -56,6 +58,7 @@ def serve(
     from idcscan.server.state import ServerSettings
 
     loaded = load_bundle(bundle)  # refuse a bad bundle before binding anything
+    apply_runtime(runtime)  # every worker process reads it from the environment
     if slides is not None and not slides.is_dir():
         raise IdcscanError(f"--slides {slides} is not a folder; give the folder of your slides.")
     _check_port(host, port)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from idcscan.cli.app import app, console, out, print_disclaimer, print_warning
+from idcscan.cli.arguments import runtime_option
 from idcscan.errors import IdcscanError
 
 
@@ -55,6 +56,7 @@ def slide(
         "can feed), local:N (N workers), tcp://HOST:PORT or a scheduler file (an existing "
         "cluster whose workers see the same paths). Also writes OUT/report.html.",
     ),
+    runtime: str | None = runtime_option(),
 ) -> None:
     """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.
 
@@ -62,11 +64,12 @@ def slide(
     """  # noqa: E501  (one line per paragraph: the help wraps it)
     from idcscan.inference.bundle import load_bundle
     from idcscan.inference.predictor import Predictor
-    from idcscan.cli.arguments import check_bundle_first
+    from idcscan.cli.arguments import apply_runtime, check_bundle_first
     from idcscan.inference.slide import ScaleWarning, SlideOptions
     from idcscan.inference.slide_run import run_slides
 
     check_bundle_first("slide", bundle, inputs)
+    apply_runtime(runtime)  # local Dask workers inherit it; a remote cluster's read their own
     # one load (and checksum) of the bundle here; cohort workers load their own
     predictor = Predictor(bundle, batch_size=batch_size) if cluster is None else None
     card = predictor.card if predictor is not None else load_bundle(bundle).card

@@ -217,8 +217,10 @@ def export_ensemble(out: Path, folds: list[Fold], result: dict[str, Any],
                                 "has not been tested on unseen patients"}})
     # The merged graph must give the mean of the members' probabilities.
     sample = ds.images(slice(0, min(32, len(ds))))
-    expected = np.mean([Predictor(m).predict_proba(sample) for m in members], axis=0)
-    got = Predictor(tmp).predict_proba(sample)
+    # on the reference engine (fp32): this checks the merged file, not bf16 rounding
+    expected = np.mean([Predictor(m, runtime="onnxruntime").predict_proba(sample)
+                        for m in members], axis=0)
+    got = Predictor(tmp, runtime="onnxruntime").predict_proba(sample)
     if not np.allclose(got, expected, atol=1e-4):
         raise RuntimeError("The ensemble graph does not average its members; this is a bug "
                            "in idcscan's ensemble export.")

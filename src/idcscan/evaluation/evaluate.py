@@ -226,6 +226,7 @@ def evaluate(
             "split": split,
             "tta": tta,
             "bundle": _bundle_info(predictor),
+            "runtime": predictor.engine.info.as_dict(),
             "data": {
                 "path": str(ds.root),
                 "split": split,

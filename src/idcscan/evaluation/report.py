@@ -51,6 +51,13 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
+def _runtime_row(runtime: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """Which engine scored: bf16 and fp32 agree to about 0.001 AUC, not to the last digit."""
+    if not runtime:
+        return []
+    return [("Scored by", f"{runtime['engine']} ({runtime['precision']})")]
+
+
 def threshold_note(bundle: Mapping[str, Any]) -> str:
     """How the bundle's threshold came about, in words, from whatever the card records."""
     sources = [bundle.get("card_extra") or {}, bundle.get("card_training") or {}]
@@ -103,6 +110,7 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         ("Call", f"IDC Positive when P(IDC) >= {threshold:.2%}"),
         ("Review flag", f"P(IDC) >= {bundle['threshold']:.2%} (the bundle's review threshold)"),
         ("ONNX sha256", f"`{bundle['onnx_sha256']}`"),
+        *_runtime_row(summary.get("runtime")),
     ])
     card_metrics = _flatten(bundle.get("card_metrics") or {})
     if card_metrics:

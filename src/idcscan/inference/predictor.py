@@ -1,20 +1,21 @@
-"""ONNX Runtime predictor: the single path by which every command and the server score patches.
+"""The predictor: the single path by which every command and the server score patches.
 
-``evaluate``, ``predict``, ``serve`` and ``slide`` all call this class, so the same patch gets
-the same probability everywhere.
+``evaluate``, ``predict``, ``serve`` and ``slide`` all call this class, so on one machine the
+same patch gets the same probability everywhere. Which engine runs the graph (ONNX Runtime
+fp32, or OpenVINO bf16 where the CPU has it) is ``idcscan.inference.engine``'s choice, and is
+reported as ``Predictor.engine.info``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from idcscan.errors import IdcscanError
 from idcscan.inference.bundle import Bundle, load_bundle
+from idcscan.inference.engine import Engine, open_engine
 from idcscan.stain import MacenkoNorm, StainGroup, stain_norm_from_dict
 from idcscan.tta import view_indices
 
@@ -37,11 +38,6 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def default_providers() -> list[str]:
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
 class Predictor:
     """Score uint8 RGB patches (N, patch, patch, 3) with a bundle's ONNX model."""
 
@@ -52,23 +48,19 @@ class Predictor:
         threads: int | None = None,
         batch_size: int = 64,
         onnx_file: str | Path | None = None,
+        runtime: str | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.card = self.bundle.card
         self.pre = self.card.pre
         self.batch_size = batch_size
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        model_path = str(onnx_file or self.bundle.onnx_path)
-        try:
-            self.session = ort.InferenceSession(
-                model_path, sess_options=options, providers=providers or default_providers()
-            )
-        except Exception as exc:  # onnxruntime raises several unrelated types
-            raise IdcscanError(f"ONNX Runtime could not load {model_path}: {exc}") from exc
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        #: what runs the graph; ``runtime``: auto, onnxruntime or openvino (engine module)
+        self.engine: Engine = open_engine(
+            Path(onnx_file or self.bundle.onnx_path), runtime=runtime, threads=threads,
+            providers=providers, quantized="quantization" in (self.card.model_extra or {}),
+        )
+        self.input_name = self.engine.input_name
+        self.output_names = self.engine.output_names
         norm = stain_norm_from_dict(self.pre.stain_norm)
         #: per-group stain normalisation, applied here before the graph (None: none needed)
         self.group_norm: MacenkoNorm | None = norm if isinstance(norm, MacenkoNorm) else None
@@ -115,7 +107,7 @@ class Predictor:
         return self.group_norm.normalise_each(patches)
 
     def _run(self, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        return self.session.run(outputs, {self.input_name: batch})
+        return self.engine.run(outputs, batch)
 
     def logits(
         self, patches: np.ndarray, tta: bool = False, group: StainGroup | None = None

@@ -317,7 +317,10 @@ def quantize_bundle(
         card = _derived_card(source, onnx_path, "-int8", "quantization", info)
         write_card(card, staging)
         quantized = load_bundle(staging)
-        check_info = compare(Predictor(source), Predictor(quantized), check)
+        # Both on ONNX Runtime: the int8 graph is served there (engine.open_engine), and the
+        # check must measure quantization alone, not bf16 on top of it.
+        check_info = compare(Predictor(source, runtime="onnxruntime"),
+                             Predictor(quantized, runtime="onnxruntime"), check)
         check_info["held_out"] = held_out
         info["check"] = check_info
         card = ModelCard.model_validate({**card.model_dump(mode="json"), "quantization": info})

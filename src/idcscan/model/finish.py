@@ -183,7 +183,8 @@ def check_onnx(net, bundle_dir: Path, images: torch.Tensor, tol: float = 1e-3,
     expected = _val_logits(net, images, tta=tta, views=views)
     # per-group stain normalisation already happened (the data module's, per patient)
     as_given = StainGroup(source=None, matrix=None)
-    got = Predictor(bundle_dir).logits(images.numpy(), group=as_given)
+    # ONNX Runtime fp32, the reference engine: this checks the file, not bf16 rounding
+    got = Predictor(bundle_dir, runtime="onnxruntime").logits(images.numpy(), group=as_given)
     diff = float(np.abs(expected - got).max())
     if not diff <= tol:
         raise RuntimeError(f"ONNX export differs from the PyTorch network by {diff:.2e} "

@@ -38,6 +38,19 @@ from idcscan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 POST_FIT_S = 8.0
 #: Per validation round: checkpoint writes and dataloader rebuilds.
 ROUND_OVERHEAD_S = 0.6
+
+
+def post_fit_cost_s(cfg: TrainConfig, val_pass_s: float, n_val: int) -> float:
+    """Seconds of a budgeted run that do not scale with its steps, reserved before planning
+    them: without this a run with more TTA views or EMA would overrun ``--max-minutes``.
+    Validation is scored again after fit through every TTA view (of at most ``TTA_VAL_MAX``
+    patches) when calibration or the threshold need TTA outputs, or once for EMA weights."""
+    fixed = POST_FIT_S + ROUND_OVERHEAD_S * (cfg.val_rounds + 1)
+    if needs_tta_val(cfg):
+        fixed += val_pass_s * cfg.tta_views * min(1.0, TTA_VAL_MAX / max(1, n_val))
+    elif cfg.select == "ema":
+        fixed += val_pass_s
+    return fixed
 class _DropTips(logging.Filter):
     """Lightning's notices that are not for our users: a cloud-logger advert, the GPU/TPU/HPU
     inventory (the header says what runs where), and "`Trainer.fit` stopped: max_epochs
@@ -245,13 +258,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     export_s = estimate_export_s(net)
 
     def make_schedule(rates, seconds_left: float) -> Schedule:
-        fixed = POST_FIT_S + ROUND_OVERHEAD_S * (cfg.val_rounds + 1)
-        # Scoring validation again after fit: every TTA view (of a sample); once for EMA.
-        if needs_tta_val(cfg):
-            fixed += rates.val_pass_s * cfg.tta_views * min(
-                1.0, TTA_VAL_MAX / max(1, len(dm.val_labels)))
-        elif cfg.select == "ema":
-            fixed += rates.val_pass_s
+        fixed = post_fit_cost_s(cfg, rates.val_pass_s, len(dm.val_labels))
         return budget_schedule(
             rates, seconds_left, steps_per_pass, cfg.frozen_epochs, cfg.finetune_epochs,
             frozen_time_fraction=cfg.frozen_time_fraction, val_rounds=cfg.val_rounds,

@@ -76,7 +76,7 @@ router = APIRouter()
 
 def _versions() -> dict[str, str]:
     versions = {"idcscan": __version__, "python": platform.python_version()}
-    for package in ("onnxruntime", "numpy", "pillow", "fastapi"):
+    for package in ("onnxruntime", "openvino", "numpy", "pillow", "fastapi"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -92,6 +92,7 @@ async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
         "status": "ok",
         "model_loaded": state.predictor is not None,
         "model": state.predictor.card.model_dump(mode="json"),
+        "runtime": state.predictor.engine.info.as_dict(),
         "versions": _versions(),
         "disclaimer": DISCLAIMER,
         "demo": state.demo,

@@ -128,9 +128,10 @@ class MapStore:
         only its share of them (one per worker), and a map is one long batch job."""
         if self._mapper is None:
             cores = os.cpu_count() or 1
-            serving = self.predictor.session.get_session_options().intra_op_num_threads
+            serving = self.predictor.engine.info.threads
             self._mapper = self.predictor if serving >= cores else \
-                Predictor(self.predictor.bundle, threads=cores)
+                Predictor(self.predictor.bundle, threads=cores,
+                          runtime=self.predictor.engine.info.engine)
         return self._mapper
 
     def folder(self, entry: SlideEntry) -> Path | None:

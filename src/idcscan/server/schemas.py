@@ -134,6 +134,10 @@ class HealthResponse(BaseModel):
         description="The model card: name, version, backbone, input/patch size, threshold "
         "(fraction), metrics, data provenance, calibration, demo flag, ..."
     )
+    runtime: dict[str, Any] = Field(
+        description="What scores the patches: engine (onnxruntime or openvino), precision "
+        "(fp32 or bf16) and threads per server process."
+    )
     versions: dict[str, str]
     disclaimer: str
     demo: bool
