@@ -64,6 +64,11 @@ def test_dashboard_classifies_explains_and_rejects(
     expect(disclaimer).to_be_visible()
     expect(disclaimer).to_have_text(DISCLAIMER)
     expect(page.locator("footer")).to_contain_text("Research use only")
+    # The footer names the engine that scores (bf16 and fp32 differ in the third decimal).
+    engine = httpx.get(server + "/health", timeout=30).json()["runtime"]
+    expect(page.locator("footer")).to_contain_text(
+        f"scored by {engine['engine']} ")
+    expect(page.locator("footer")).to_contain_text(f"({engine['precision']})")
 
     # Model card from /health, with the demo banner for a demo model.
     expect(page.locator("#model-status-text")).to_contain_text("ready", timeout=15_000)

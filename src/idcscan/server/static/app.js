@@ -176,10 +176,13 @@
     const disclaimer = health.disclaimer || card.disclaimer;
     if (disclaimer) els.disclaimer.textContent = disclaimer;
     const versions = health.versions || card.versions || {};
-    els.footerVersions.textContent = Object.entries(versions)
-      .filter(([name]) => ["idcscan", "onnxruntime"].includes(name))
-      .map(([name, v]) => `${name} ${v}`)
-      .join(" · ");
+    // Which engine scored matters: bf16 and fp32 agree to about 0.001 AUC, not to the digit.
+    const runtime = health.runtime || { engine: "onnxruntime" };
+    const engine = `${runtime.engine}${versions[runtime.engine] ? ` ${versions[runtime.engine]}` : ""}`;
+    els.footerVersions.textContent = [
+      versions.idcscan ? `idcscan ${versions.idcscan}` : "",
+      `scored by ${engine}${runtime.precision ? ` (${runtime.precision})` : ""}`,
+    ].filter(Boolean).join(" · ");
   }
 
   function setStatus(kind, text) {
