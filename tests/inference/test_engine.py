@@ -80,10 +80,17 @@ def test_auto_takes_openvino_bf16_only_on_a_cpu_with_native_bf16(model, monkeypa
     assert open_engine(model, threads=1).info.engine == "onnxruntime"
 
 
-def test_auto_keeps_an_int8_graph_on_the_engine_that_checked_it(model, monkeypatch) -> None:
+def test_auto_keeps_a_graph_made_for_onnxruntime_there(tiny_bundle, tmp_path,
+                                                       monkeypatch) -> None:
+    """int8 and fused graphs from `idcscan quantize` were made and checked on ONNX Runtime."""
+    from idcscan.inference.quantize import optimize_bundle
+
     monkeypatch.delenv(ENV_RUNTIME, raising=False)
     monkeypatch.setattr(engine, "native_bf16", lambda: True)
-    assert open_engine(model, threads=1, quantized=True).info.engine == "onnxruntime"
+    model = load_bundle(tiny_bundle).onnx_path
+    assert open_engine(model, threads=1, made_for_onnxruntime=True).info.engine == "onnxruntime"
+    fused = optimize_bundle(tiny_bundle, tmp_path / "opt", level="extended")
+    assert Predictor(fused).engine.info.engine == "onnxruntime"
 
 
 def test_the_environment_sets_the_default_and_a_bad_value_is_named(model, monkeypatch) -> None:

@@ -40,7 +40,7 @@ def slide(
         help="i/n: process only the i-th (1-based) of n shares of the sorted inputs, e.g. "
         "--shard $SLURM_ARRAY_TASK_ID/4 with #SBATCH --array=1-4.",
     ),
-    batch_size: int = typer.Option(64, help="Tiles per ONNX Runtime call."),
+    batch_size: int = typer.Option(64, help="Tiles per model call."),
     threshold: float | None = typer.Option(
         None, help="P(IDC) from which a tile counts towards the IDC area. Default: IDC more "
         "likely than not at the training IDC share (for a class-balanced bundle w/(1+w), w "

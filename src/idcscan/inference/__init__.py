@@ -1,1 +1,1 @@
-"""Torch-free inference: bundle loading, ONNX Runtime prediction, explanations, slides."""
+"""Torch-free inference: bundle loading, the predictor and its engine, explanations, slides."""

@@ -1,4 +1,4 @@
-"""Dynamic micro-batching: concurrent requests share one ONNX Runtime call.
+"""Dynamic micro-batching: concurrent requests share one model call.
 
 One network call on 16 patches costs far less than 16 calls on one patch, so under load the
 server should score whatever has queued up together. A single worker task takes the first

@@ -2,7 +2,7 @@
 bfloat16 on CPUs that compute bf16 natively.
 
 Why two: on a CPU with AVX-512 BF16 or AMX, OpenVINO's bf16 kernels run the default bundle
-1.6-1.8 times faster than ONNX Runtime's fp32 ones, and under 5-fold CV they scored the same
+1.4-1.8 times faster than ONNX Runtime's fp32 ones, and under 5-fold CV they scored the same
 patients within the allowance set before measuring (docs/RESULTS.md, "Which engine runs the
 graph?"). Without native bf16, OpenVINO's fp32 is no faster than ONNX Runtime, so ``auto``
 keeps the reference there. Both read the same model.onnx; nothing is converted or cached on
@@ -173,18 +173,19 @@ def open_engine(
     runtime: str | None = None,
     threads: int | None = None,
     providers: list[str] | None = None,
-    quantized: bool = False,
+    made_for_onnxruntime: bool = False,
 ) -> Engine:
     """The engine for ``model``. ``auto`` picks OpenVINO bf16 only on a CPU-only run, for an
     fp32 graph, on a CPU with native bf16, and falls back to ONNX Runtime if OpenVINO is
-    missing or cannot compile the graph. An int8 bundle stays on ONNX Runtime, the engine
-    ``idcscan quantize`` checked it with."""
+    missing or cannot compile the graph. A graph ``idcscan quantize`` made for ONNX Runtime
+    (int8, or its fused fp32 graph) stays there: that is the engine it was made and checked
+    with."""
     chosen = resolve_runtime(runtime)
     threads = threads or os.cpu_count() or 1
     if chosen == "openvino":
         return OpenVinoEngine(model, threads)
     cpu_only = (providers or default_providers())[0] == "CPUExecutionProvider"
-    if chosen == "auto" and cpu_only and not quantized and native_bf16():
+    if chosen == "auto" and cpu_only and not made_for_onnxruntime and native_bf16():
         try:
             return OpenVinoEngine(model, threads)
         except IdcscanError as exc:

@@ -57,7 +57,8 @@ class Predictor:
         #: what runs the graph; ``runtime``: auto, onnxruntime or openvino (engine module)
         self.engine: Engine = open_engine(
             Path(onnx_file or self.bundle.onnx_path), runtime=runtime, threads=threads,
-            providers=providers, quantized="quantization" in (self.card.model_extra or {}),
+            providers=providers, made_for_onnxruntime=bool(
+                {"quantization", "optimization"} & set(self.card.model_extra or {})),
         )
         self.input_name = self.engine.input_name
         self.output_names = self.engine.output_names

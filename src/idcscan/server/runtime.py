@@ -3,8 +3,8 @@ loop and HTTP parser, timeouts.
 
 Why these choices (measured in docs/BENCHMARKS.md):
 
-* one worker process per core, each with its own ONNX Runtime session on its share of the
-  cores: a 50x50 patch costs the network about as much CPU as the HTTP, multipart, PNG and
+* one worker process per core, each with its own model (engine: ``idcscan.inference.engine``)
+  on its share of the cores: a 50x50 patch costs the network about as much CPU as the HTTP, multipart, PNG and
   JSON work around it, and that Python work holds the GIL, so a single process cannot keep
   more than one core busy with it;
 * uvloop and httptools (C event loop and HTTP parser) when installed; uvicorn picks them;
@@ -46,7 +46,7 @@ def default_workers() -> int:
 
 
 def threads_per_worker(workers: int) -> int:
-    """ONNX Runtime threads per worker: the cores shared out, at least one each."""
+    """Inference threads per worker: the cores shared out, at least one each."""
     return max(1, usable_cores() // max(1, workers))
 
 
