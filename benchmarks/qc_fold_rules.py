@@ -1,0 +1,111 @@
+"""Candidate fold rules against the shipped one, on development and held-out patients.
+
+Folds are the artefact QC does not catch (docs/BENCHMARKS.md, "Artefact QC"). A rule chosen
+on the 5 patients ``qc_accuracy.py`` uses could be tuned to them, so this script scores
+candidates on any list of complete Kaggle patients: choose on one list, report on another.
+
+Each patient's mosaic is painted ``--reps`` times with the fold of ``qc_accuracy.py`` (a
+band whose transmission is squared: two layers), at places drawn from a generator seeded
+with the patient id, and screened exactly as slide mode does with the candidate in place of
+``qc.fold_mask``. Printed per candidate: caught (fold tiles at least 1/4 covered that QC left
+out) and clean loss (untouched tissue tiles left out, on the clean mosaic and on the painted
+copies).
+
+Candidates (``--rules``):
+  shipped              the rule in idcscan.inference.qc (darkness against the slide's tissue)
+  saturation:P:K       "as saturated as K stacked layers of typical tissue": min/max of RGB
+                       (1 - HSV saturation), 5-pixel mean, below its P-th tissue percentile
+                       raised to K. Under Beer-Lambert a doubled layer squares each
+                       channel's transmission, so min/max goes to its square: P 50, K 2 is
+                       "a fold of the slide's median tissue".
+
+    python benchmarks/qc_fold_rules.py ../shared/data/idc-kaggle-subset/IDC_regular_ps50_idx5 \
+        --patients 9123 9126 8864 8956 9023 --rules shipped saturation:50:2 saturation:10:1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from qc_accuracy import TILE, paint, screen  # noqa: E402
+
+import idcscan.inference.qc as qc  # noqa: E402
+from idcscan.data.mosaic import build_mosaic  # noqa: E402
+
+FoldRule = Callable[..., np.ndarray]
+SHIPPED: FoldRule = qc.fold_mask
+
+
+def saturation_rule(percentile: float, layers: float) -> FoldRule:
+    def fold_mask(rgb: np.ndarray, tissue: np.ndarray, mpp: float,
+                  params: qc.QCParams = qc.QCParams()) -> np.ndarray:
+        if not tissue.any():
+            return np.zeros_like(tissue)
+        f = rgb.astype(np.float32)
+        ratio = ndimage.uniform_filter(f.min(axis=2) / np.maximum(f.max(axis=2), 1.0), size=5)
+        typical = float(np.percentile(ratio[tissue], percentile))
+        found = ndimage.binary_closing(ratio < typical**layers, iterations=2) & tissue
+        return qc._drop_small(found, params.fold_min_um2 / (mpp * mpp))
+
+    return fold_mask
+
+
+def parse_rule(text: str) -> FoldRule:
+    if text == "shipped":
+        return SHIPPED
+    kind, percentile, layers = text.split(":")
+    if kind != "saturation":
+        raise SystemExit(f"unknown rule {text!r}")
+    return saturation_rule(float(percentile), float(layers))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("data", type=Path, help="Kaggle folder (IDC_regular_ps50_idx5)")
+    ap.add_argument("--patients", nargs="+", required=True)
+    ap.add_argument("--rules", nargs="+", default=["shipped", "saturation:50:2"])
+    ap.add_argument("--reps", type=int, default=3, help="painted copies per patient")
+    args = ap.parse_args()
+    rules = {name: parse_rule(name) for name in args.rules}
+    totals = {name: np.zeros(4, dtype=np.int64) for name in rules}  # caught, folds, lost, clean
+    print("| patient | rule | fold tiles | caught | clean tiles | clean loss |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for pid in args.patients:
+        image = build_mosaic(args.data / pid).image
+        h, w = image.shape[:2]
+        qc.fold_mask = SHIPPED
+        xs, ys, tissue_tiles = screen(image, qc.QCParams(enabled=False))
+        tissue = np.zeros((h, w), bool)
+        for x, y in zip(xs[tissue_tiles], ys[tissue_tiles]):
+            tissue[y:y + TILE, x:x + TILE] = True
+        rng = np.random.default_rng(int(pid))
+        painted = [paint("fold", image, tissue, rng) for _ in range(args.reps)]
+        for name, rule in rules.items():
+            qc.fold_mask = rule
+            row = np.zeros(4, dtype=np.int64)
+            _, _, scored = screen(image, qc.QCParams())
+            row[2:] += [(tissue_tiles & ~scored).sum(), tissue_tiles.sum()]
+            for copy, foot in painted:
+                _, _, scored = screen(copy, qc.QCParams())
+                cover = np.array([foot[y:y + TILE, x:x + TILE].mean() for x, y in zip(xs, ys)])
+                fold, clean = tissue_tiles & (cover >= 0.25), tissue_tiles & (cover == 0)
+                row += [(fold & ~scored).sum(), fold.sum(), (clean & ~scored).sum(), clean.sum()]
+            totals[name] += row
+            print(f"| {pid} | {name} | {row[1]} | {row[0] / max(row[1], 1):.1%} | {row[3]} | "
+                  f"{row[2] / max(row[3], 1):.2%} |", flush=True)
+        qc.fold_mask = SHIPPED
+    for name, (caught, folds, lost, clean) in totals.items():
+        print(f"| **all** | {name} | {folds} | **{caught / max(folds, 1):.1%}** | {clean} | "
+              f"**{lost / max(clean, 1):.2%}** |")
+
+
+if __name__ == "__main__":
+    main()
