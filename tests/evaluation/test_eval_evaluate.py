@@ -71,6 +71,10 @@ def test_cli_writes_full_report(tiny_bundle: Path, packed: Path, tmp_path: Path)
     assert METRIC_KEYS <= set(metrics)
     assert metrics["n_patches"] == 40 and metrics["n_patients"] == 4
     assert metrics["split"] == "test" and metrics["tta"] is False
+    # Which engine scored is on record, in the file and in the report a person reads.
+    engine = Predictor(tiny_bundle).engine.info
+    assert metrics["runtime"] == engine.as_dict()
+    assert f"| Scored by | {engine.engine} ({engine.precision}) |" in (out / "report.md").read_text()
     # Measured at the call every output makes (P(IDC) >= 50%); the review flag on its own.
     assert metrics["threshold"] == 0.5
     assert metrics["review"]["threshold"] == Predictor(tiny_bundle).threshold
