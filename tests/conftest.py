@@ -8,6 +8,22 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_engine_choice():
+    """``--runtime`` sets ``IDCSCAN_RUNTIME`` in the process (as it must, for the workers a
+    command starts); a CLI test run in-process must not choose the engine for later tests."""
+    import os
+
+    from idcscan.inference.engine import ENV_RUNTIME
+
+    before = os.environ.get(ENV_RUNTIME)
+    yield
+    if before is None:
+        os.environ.pop(ENV_RUNTIME, None)
+    else:
+        os.environ[ENV_RUNTIME] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An exported bundle from a randomly initialised Lite0 at 32 px: real ONNX, tiny cost."""

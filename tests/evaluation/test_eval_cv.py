@@ -87,19 +87,23 @@ def test_cv_json_has_folds_mean_sd_and_pooled_with_ci(cv_dir):
     out = cv_dir["out"]
     cv = json.loads((out / "cv.json").read_text())
     assert [f["fold"] for f in cv["folds"]] == [0, 1]
+    assert f"Scored by: {', '.join(cv['engines'])}." in (out / "cv.md").read_text()
     for key in ("auc", "balanced_accuracy", "f1"):
         values = [f[key] for f in cv["folds"]]
         assert cv["mean"][key] == pytest.approx(np.mean(values))
         assert cv["sd"][key] == pytest.approx(np.std(values, ddof=1))
         low, high = cv["pooled"]["ci95"][key]
         assert low <= cv["pooled"][key] <= high
-    # Per-fold figures are exactly the fold's own evaluate report.
+    # Per-fold figures are exactly the fold's own evaluate report, and the engine is named.
+    engines = set()
     for f in cv["folds"]:
         report = json.loads((out / f"fold-{f['fold']}" / "test" / "metrics.json").read_text())
+        engines.add(f"{report['runtime']['engine']} {report['runtime']['precision']}")
         assert f["auc"] == report["auc"] and f["threshold"] == report["threshold"] == 0.5
         card = json.loads((out / f"fold-{f['fold']}" / "run" / "bundle" / "model.json")
                           .read_text())
         assert f["review_threshold"] == card["threshold"]
+    assert cv["engines"] == sorted(engines) and len(engines) == 1
     assert cv["pooled"]["n_patients"] == 12
     th = cv["thresholds"]
     assert len(th["bundle"]["per_fold"]) == 2 and "crossfit" in th

@@ -44,10 +44,13 @@ def test_openvino_scores_like_the_reference_within_its_precision(tiny_bundle) ->
     patches = _patches(32, seed=1)
     diff = np.abs(fast.predict_proba(patches) - reference.predict_proba(patches))
     # bf16 keeps 8 bits of mantissa; fp32 is the same arithmetic in another order
-    assert diff.max() <= (0.02 if fast.engine.info.precision == "bf16" else 1e-5)
+    bf16 = fast.engine.info.precision == "bf16"
+    assert diff.max() <= (0.02 if bf16 else 1e-5)
     _, cam = fast.predict_with_cam(patches[:4])
     _, reference_cam = reference.predict_with_cam(patches[:4])
     assert cam.shape == reference_cam.shape
+    scale = float(np.abs(reference_cam).max())
+    np.testing.assert_allclose(cam, reference_cam, atol=(0.05 if bf16 else 1e-4) * scale, rtol=0)
 
 
 def test_openvino_serves_several_threads_at_once(tiny_bundle) -> None:
@@ -78,6 +81,32 @@ def test_auto_takes_openvino_bf16_only_on_a_cpu_with_native_bf16(model, monkeypa
         assert (chosen.engine, chosen.precision) == ("onnxruntime", "fp32")
     monkeypatch.setattr(engine, "native_bf16", lambda: False)
     assert open_engine(model, threads=1).info.engine == "onnxruntime"
+
+
+class _Core:
+    def __init__(self, capabilities: list[str]) -> None:
+        self.capabilities = capabilities
+
+    def get_property(self, device: str, name: str) -> list[str]:
+        assert (device, name) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+        return self.capabilities
+
+
+@pytest.mark.parametrize(("capabilities", "native"), [
+    (["FP32", "INT8", "BIN", "EXPORT_IMPORT"], False),  # e.g. an AVX2 or AVX-512 CPU without bf16
+    (["BF16", "WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"], True),  # AVX-512 BF16 (EPYC)
+])
+def test_native_bf16_is_read_from_openvinos_cpu_capabilities(monkeypatch, capabilities,
+                                                              native) -> None:
+    monkeypatch.setattr(engine, "_openvino_core", lambda: _Core(capabilities))
+    assert engine.native_bf16() is native
+
+
+def test_auto_leaves_a_gpu_run_to_onnxruntime(model, monkeypatch) -> None:
+    monkeypatch.delenv(ENV_RUNTIME, raising=False)
+    monkeypatch.setattr(engine, "native_bf16", lambda: True)
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # CPU-only ORT falls back
+    assert open_engine(model, threads=1, providers=providers).info.engine == "onnxruntime"
 
 
 def test_auto_keeps_a_graph_made_for_onnxruntime_there(tiny_bundle, tmp_path,
@@ -117,13 +146,16 @@ def test_without_openvino_auto_falls_back_and_asking_for_it_says_how(model, monk
         open_engine(model, runtime="openvino", threads=1)
 
 
-def test_a_graph_openvino_cannot_compile_falls_back_under_auto(tmp_path, monkeypatch) -> None:
+def test_a_graph_openvino_cannot_compile_falls_back_under_auto(tmp_path, monkeypatch,
+                                                               caplog) -> None:
     broken = tmp_path / "model.onnx"
     broken.write_bytes(b"not an onnx graph")
     monkeypatch.delenv(ENV_RUNTIME, raising=False)
     monkeypatch.setattr(engine, "native_bf16", lambda: True)
     with pytest.raises(IdcscanError, match="OpenVINO could not load"):
         open_engine(broken, runtime="openvino", threads=1)
-    # auto tries OpenVINO, then ONNX Runtime, whose refusal is the one the user sees
-    with pytest.raises(IdcscanError, match="ONNX Runtime could not load"):
-        open_engine(broken, threads=1)
+    # auto tries OpenVINO, says so, then ONNX Runtime, whose refusal the user sees
+    with caplog.at_level("WARNING", logger="idcscan.inference.engine"):
+        with pytest.raises(IdcscanError, match="ONNX Runtime could not load"):
+            open_engine(broken, threads=1)
+    assert "OpenVINO could not load" in caplog.text and "ONNX Runtime instead" in caplog.text

@@ -172,19 +172,26 @@ def test_inference_modules_do_not_import_torch() -> None:
 
 def test_runtime_flag_picks_the_engine_and_a_bad_one_is_named(tiny_bundle, tree, tmp_path,
                                                               monkeypatch) -> None:
+    import os
+
     from idcscan.inference.engine import ENV_RUNTIME
 
-    monkeypatch.delenv(ENV_RUNTIME, raising=False)  # the flag sets it for this process
     root, arrays = tree
-    out = tmp_path / "rows.csv"
-    result = runner.invoke(app, ["predict", str(tiny_bundle), str(root), "--out", str(out),
-                                 "--runtime", "onnxruntime"])
-    assert result.exit_code == 0, result.output
-    reference = Predictor(tiny_bundle, runtime="onnxruntime")
-    rows = {r["path"]: r for r in read_csv(out) if not r["error"]}
-    for path, arr in arrays.items():
-        want = reference.predict_proba(arr[None])[0]
-        assert float(rows[path]["probability_positive"]) == pytest.approx(want, abs=1e-6)
+    for runtime in ("onnxruntime", "openvino"):
+        monkeypatch.delenv(ENV_RUNTIME, raising=False)
+        out = tmp_path / f"{runtime}.json"
+        result = runner.invoke(app, ["predict", str(tiny_bundle), str(root), "--out", str(out),
+                                     "--runtime", runtime])
+        assert result.exit_code == 0, result.output
+        # set for this process and whatever it starts (the conftest fixture restores it)
+        assert os.environ[ENV_RUNTIME] == runtime
+        engine = Predictor(tiny_bundle, runtime=runtime)
+        doc = json.loads(out.read_text())
+        assert doc["model"]["engine"] == engine.engine.info.label
+        rows = {r["path"]: r for r in doc["predictions"] if not r["error"]}
+        for path, arr in arrays.items():
+            want = engine.predict_proba(arr[None])[0]
+            assert rows[path]["probability_positive"] == pytest.approx(want, abs=1e-7)
     bad = runner.invoke(app, ["predict", str(tiny_bundle), str(root), "--runtime", "tensorrt"])
     assert bad.exit_code == 2
     assert "--runtime must be one of auto, onnxruntime, openvino; got 'tensorrt'" in bad.output

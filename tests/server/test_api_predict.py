@@ -112,6 +112,7 @@ def test_predict_answers_the_seed_contract(client, predictor, images) -> None:
             "name": predictor.card.name,
             "version": predictor.card.version,
             "backbone": "tf_efficientnet_lite0",
+            "engine": predictor.engine.info.label,  # bf16 and fp32 differ per patch
         }
         assert body["disclaimer"] == DISCLAIMER and body["demo"] is False
         np.testing.assert_array_equal(np.asarray(decode_data_url(body["image"])), arr)
@@ -199,6 +200,7 @@ def test_health_describes_the_model(client, predictor) -> None:
     assert body["runtime"] == predictor.engine.info.as_dict()
     assert body["runtime"]["engine"] in ("onnxruntime", "openvino")
     assert body["runtime"]["precision"] in ("fp32", "bf16")
+    assert body["runtime"]["device"] in ("cpu", "cuda")
     assert body["disclaimer"] == DISCLAIMER and body["demo"] is False
     assert body["limits"]["max_upload_mb"] == 20.0
 

@@ -51,6 +51,10 @@ def test_serve_prints_url_disclaimer_and_demo_banner(tiny_bundle: Path, tmp_path
                 time.sleep(0.2)
         assert health is not None, log.read_text()
         assert health["demo"] is True and health["limits"]["max_upload_mb"] == 1.0
+        # the engine "auto" settles on, the same in every worker process
+        from idcscan.inference.engine import auto_runtime
+
+        assert health["runtime"]["engine"] == auto_runtime(load_bundle(demo).onnx_path)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
@@ -58,6 +62,14 @@ def test_serve_prints_url_disclaimer_and_demo_banner(tiny_bundle: Path, tmp_path
     assert f"http://127.0.0.1:{port}/" in text
     assert " ".join(DISCLAIMER.split()) in text
     assert "DEMO MODEL" in text and "synthetic" in text
+
+
+def test_serve_refuses_an_unknown_engine_before_listening(tiny_bundle: Path) -> None:
+    env = {**os.environ, "IDCSCAN_RUNTIME": "tensorrt", "COLUMNS": "200"}
+    run = subprocess.run([*LAUNCH, "serve", str(tiny_bundle), "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 2
+    assert "IDCSCAN_RUNTIME must be one of auto, onnxruntime, openvino" in run.stderr
 
 
 def test_serve_refuses_a_busy_port_and_a_missing_bundle(tiny_bundle: Path, tmp_path) -> None:

@@ -28,10 +28,12 @@ def runtime_option() -> typer.Option:  # type: ignore[valid-type]
 
 
 def apply_runtime(runtime: str | None) -> None:
-    """Check ``--runtime`` and make it every predictor's default in this process and those it
-    starts (server workers, Dask workers), which read ``IDCSCAN_RUNTIME``."""
+    """Check ``--runtime`` (or, without it, ``IDCSCAN_RUNTIME``) before any work, and make it
+    every predictor's default in this process and those it starts (server and local Dask
+    workers read ``IDCSCAN_RUNTIME``; a cohort passes it to remote ones with each task)."""
+    chosen = resolve_runtime(runtime)
     if runtime is not None:
-        os.environ[ENV_RUNTIME] = resolve_runtime(runtime)
+        os.environ[ENV_RUNTIME] = chosen
 
 
 def _is_bundle(path: Path) -> bool:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from idcscan.cli.app import app, console, out, print_disclaimer
+from idcscan.cli.arguments import apply_runtime, runtime_option
 from idcscan.cli.recipe import recipe_options
 
 
@@ -30,10 +31,12 @@ def cv(
     export_ensemble: bool = typer.Option(
         False, "--export-ensemble", help="When all folds are done, write DIR/ensemble: one "
                                          "bundle whose graph averages the folds' P(IDC)."),
+    runtime: str | None = runtime_option(),
     recipe: dict | None = None,
 ) -> None:
     """Patient-grouped, stratified K-fold cross-validation of a training recipe."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see `idcscan train`
+    apply_runtime(runtime)
     from idcscan.evaluation.cv import CVSettings, run_cv
 
     recipe = dict(recipe or {})

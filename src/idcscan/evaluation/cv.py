@@ -253,6 +253,9 @@ def summarize_cv(out: Path, folds: list[Fold], settings: CVSettings) -> dict[str
         "folds_planned": len(folds),
         "settings": asdict(settings),
         **summarize_folds(records, tests, vals, n_boot=settings.n_boot, seed=settings.seed),
+        # what scored the test patients (folds resumed on another machine may differ)
+        "engines": sorted({f"{rt['engine']} {rt['precision']}" for rt in
+                           (r["test"].get("runtime") for r in records) if rt}),
         "idcscan_version": __version__,
     }
     result["cv_config"] = json.loads((out / CV_CONFIG).read_text())["cv"]

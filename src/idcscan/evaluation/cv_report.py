@@ -91,8 +91,10 @@ def render_cv_report(result: dict[str, Any]) -> str:
         lines.append(f"| {METRIC_LABELS[key]} | {_fmt(result['mean'][key])} ± "
                      f"{_fmt(result['sd'][key])} | {_fmt(pooled[key])} ({_fmt(ci[0])}-"
                      f"{_fmt(ci[1])}) |")
+    engines = ", ".join(result.get("engines") or []) or "not recorded"
     lines += ["", f"Pooled: {pooled['n_patches']:,} patches of {pooled['n_patients']} "
-              "patients, each called as its fold was evaluated (P(IDC) >= 50%).", "",
+              "patients, each called as its fold was evaluated (P(IDC) >= 50%). "
+              f"Scored by: {engines}.", "",
               "## Folds", "",
               "| fold | patients | patches | AUC | balanced acc. | F1 | review threshold | "
               "val AUC |",

@@ -26,6 +26,7 @@ from typing import Any
 from idcscan.errors import IdcscanError
 from idcscan.inference.cohort_report import write_model_card, write_report
 from idcscan.inference.cohort_worker import PROGRESS_TOPIC, map_one
+from idcscan.inference.engine import resolve_runtime
 from idcscan.inference.slide import ScaleWarning, SlideOptions, SlideSummary
 from idcscan.inference.slide_run import (
     RunReport,
@@ -262,6 +263,7 @@ def _run_on(
                 bundle=bundle,
                 out_dir=str(out_dir),
                 options=options,
+                runtime=resolve_runtime(None),  # the client's choice, for remote workers too
                 key=keys,
                 pure=False,
             )

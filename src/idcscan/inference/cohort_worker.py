@@ -32,7 +32,7 @@ PROGRESS_TOPIC = "idcscan-slide-progress"
 #: at most one progress event per slide per this many seconds (plus the first and last)
 PROGRESS_INTERVAL_S = 0.5
 
-_predictors: dict[tuple[str, int, int], Predictor] = {}
+_predictors: dict[tuple[str, int, int, str | None], Predictor] = {}
 _lock = threading.Lock()
 
 
@@ -46,14 +46,17 @@ def worker_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
 
 
-def worker_predictor(bundle: str, batch_size: int, threads: int | None = None) -> Predictor:
-    """This process's session for ``bundle``, created once and shared by its task threads."""
+def worker_predictor(bundle: str, batch_size: int, threads: int | None = None,
+                     runtime: str | None = None) -> Predictor:
+    """This process's model for ``bundle``, created once and shared by its task threads.
+    ``runtime``: the client's engine choice, so remote workers follow it too."""
     threads = threads or worker_threads()
-    key = (str(Path(bundle).resolve()), batch_size, threads)
+    key = (str(Path(bundle).resolve()), batch_size, threads, runtime)
     with _lock:
         predictor = _predictors.get(key)
         if predictor is None:
-            predictor = Predictor(bundle, threads=threads, batch_size=batch_size)
+            predictor = Predictor(bundle, threads=threads, batch_size=batch_size,
+                                  runtime=runtime)
             _predictors[key] = predictor
     return predictor
 
@@ -80,7 +83,8 @@ def _progress_reporter(name: str):  # -> ProgressFn
     return report
 
 
-def map_one(path: str, bundle: str, out_dir: str, options: SlideOptions) -> dict[str, Any]:
+def map_one(path: str, bundle: str, out_dir: str, options: SlideOptions,
+            runtime: str | None = None) -> dict[str, Any]:
     """Map one slide; never raises for a bad slide (the result says ``failed`` and why).
 
     Returns ``{"slide", "path", "status": ok|skipped|failed, "summary", "error",
@@ -98,7 +102,7 @@ def map_one(path: str, bundle: str, out_dir: str, options: SlideOptions) -> dict
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScaleWarning)
         try:
-            predictor = worker_predictor(bundle, options.batch_size)
+            predictor = worker_predictor(bundle, options.batch_size, runtime=runtime)
             summary = analyse_slide(predictor, path, out_dir, options, _progress_reporter(name))
         except Exception as exc:  # one bad slide must not stop the cohort
             error = str(exc) if isinstance(exc, IdcscanError) else f"{type(exc).__name__}: {exc}"

@@ -2,12 +2,14 @@
 bfloat16 on CPUs that compute bf16 natively.
 
 Why two: on a CPU with AVX-512 BF16 or AMX, OpenVINO's bf16 kernels run the default bundle
-1.4-1.8 times faster than ONNX Runtime's fp32 ones, and under 5-fold CV they scored the same
-patients within the allowance set before measuring (docs/RESULTS.md, "Which engine runs the
-graph?"). Without native bf16, OpenVINO's fp32 is no faster than ONNX Runtime, so ``auto``
+1.3-1.6 times faster than ONNX Runtime's fp32 ones (batch 64, measured on an AMD EPYC), and
+under 5-fold CV they scored the same patients within the allowance set before measuring
+(docs/RESULTS.md, "Which engine runs the graph?"); one patch's P(IDC) can still move by up to
+0.10, so every result names its engine. Without native bf16, OpenVINO's fp32 is no faster than ONNX Runtime, so ``auto``
 keeps the reference there. Both read the same model.onnx; nothing is converted or cached on
-disk. A patch scores the same alone or in any batch with either engine, so the server's
-micro-batching never changes an answer.
+disk. A patch scored alone or in a batch gets the same answer (tested on both engines; on the
+default bundle OpenVINO bf16 gave bit-identical logits), so the server's micro-batching does
+not change an answer.
 
 ``IDCSCAN_RUNTIME`` (``auto``, ``onnxruntime``, ``openvino``) sets the default for every
 command and server process; ``--runtime`` on the commands sets it for one run.
@@ -37,18 +39,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """Which engine scored, in what precision, on how many threads: recorded beside results
-    (``/health``, evaluate's metrics.json) because bf16 and fp32 differ in the 3rd decimal."""
+    """Which engine scored, in what precision, where: recorded with every result (``/predict``,
+    ``/health``, predict's JSON, summary.json, metrics.json, cv.json). bf16 and fp32 agree on
+    AUC to about 0.001, but one patch's P(IDC) can differ by up to 0.10 between them."""
 
     engine: str
     precision: str
     threads: int
+    device: str = "cpu"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"engine": self.engine, "precision": self.precision, "threads": self.threads}
+        return {"engine": self.engine, "precision": self.precision, "device": self.device,
+                "threads": self.threads}
+
+    @property
+    def label(self) -> str:
+        """e.g. "openvino bf16", "onnxruntime fp32 (cuda)"."""
+        where = "" if self.device == "cpu" else f" ({self.device})"
+        return f"{self.engine} {self.precision}{where}"
 
     def __str__(self) -> str:
-        return f"{self.engine} {self.precision}, {self.threads} thread{'s' * (self.threads > 1)}"
+        return f"{self.label}, {self.threads} thread{'s' * (self.threads > 1)}"
 
 
 class Engine(Protocol):
@@ -85,7 +96,7 @@ class OnnxRuntimeEngine:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider"
-        self.info = EngineInfo("onnxruntime", "fp32 (CUDA)" if on_gpu else "fp32", threads)
+        self.info = EngineInfo("onnxruntime", "fp32", threads, "cuda" if on_gpu else "cpu")
 
     def run(self, outputs: Sequence[str], batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(list(outputs), {self.input_name: batch})
@@ -157,6 +168,13 @@ class OpenVinoEngine:
             request = self._local.request = self._compiled.create_infer_request()
         result = request.infer({0: batch})
         return [np.array(result[self._outputs[name]]) for name in outputs]
+
+
+def auto_runtime(model: Path, made_for_onnxruntime: bool = False) -> str:
+    """What ``auto`` settles on for ``model`` on this machine ("openvino" or "onnxruntime"),
+    by compiling it once: processes that must agree (server workers) are handed this."""
+    engine = open_engine(model, "auto", threads=1, made_for_onnxruntime=made_for_onnxruntime)
+    return engine.info.engine
 
 
 def resolve_runtime(runtime: str | None) -> str:

@@ -240,7 +240,8 @@ def _json_text(
 ) -> str:
     card = predictor.card
     doc = {
-        "model": {"name": card.name, "version": card.version, "backbone": card.backbone},
+        "model": {"name": card.name, "version": card.version, "backbone": card.backbone,
+                  "engine": predictor.engine.info.label},
         "threshold": DECISION_THRESHOLD,
         "review_threshold": predictor.threshold,
         "decision": {"call": CALL_RULE, "review_flag": FLAG_RULE},

@@ -34,6 +34,11 @@ def dihedral_views(patches: np.ndarray, views: int = 8) -> list[np.ndarray]:
     return out
 
 
+def made_for_onnxruntime(bundle: Bundle) -> bool:
+    """A graph ``idcscan quantize`` made (int8, or ONNX Runtime's fused graph) and checked there."""
+    return bool({"quantization", "optimization"} & set(bundle.card.model_extra or {}))
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -57,8 +62,7 @@ class Predictor:
         #: what runs the graph; ``runtime``: auto, onnxruntime or openvino (engine module)
         self.engine: Engine = open_engine(
             Path(onnx_file or self.bundle.onnx_path), runtime=runtime, threads=threads,
-            providers=providers, made_for_onnxruntime=bool(
-                {"quantization", "optimization"} & set(self.card.model_extra or {})),
+            providers=providers, made_for_onnxruntime=made_for_onnxruntime(self.bundle),
         )
         self.input_name = self.engine.input_name
         self.output_names = self.engine.output_names

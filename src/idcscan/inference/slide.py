@@ -382,6 +382,7 @@ def map_slide(
             "name": card.name,
             "version": card.version,
             "sha256": card.onnx_sha256,
+            "engine": predictor.engine.info.label,
         },
         tissue_params=options.tissue,
         qc_labels=labels,

@@ -93,7 +93,8 @@ def _render(
     answer.update(
         image=png_data_url(preview),
         warnings=notes,
-        model={"name": card.name, "version": card.version, "backbone": card.backbone},
+        model={"name": card.name, "version": card.version, "backbone": card.backbone,
+               "engine": predictor.engine.info.label},
         disclaimer=DISCLAIMER,
         demo=state.demo,
     )

@@ -89,6 +89,13 @@ def run_server(
 
     from uvicorn.supervisors import Multiprocess
 
+    from idcscan.inference.engine import ENV_RUNTIME, auto_runtime, resolve_runtime
+    from idcscan.inference.predictor import made_for_onnxruntime
+
+    # Every worker must score with the same engine (/health reports one): settle "auto" here,
+    # once, by compiling the graph, and hand the workers the answer.
+    if resolve_runtime(None) == "auto":
+        os.environ[ENV_RUNTIME] = auto_runtime(bundle.onnx_path, made_for_onnxruntime(bundle))
     # Each worker process builds its own app and model from these (spawned, not forked).
     os.environ[ENV_BUNDLE] = str(Path(bundle.path).resolve())
     os.environ[ENV_THREADS] = str(threads_per_worker(workers))

@@ -38,6 +38,9 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     backbone: str
+    engine: str = Field(description="What scored the patch, e.g. \"openvino bf16\" or "
+                        "\"onnxruntime fp32\": one patch's P(IDC) can differ by up to 0.10 "
+                        "between bf16 and fp32.")
 
 
 class PredictResponse(BaseModel):
@@ -56,7 +59,7 @@ class PredictResponse(BaseModel):
                     "review_threshold": 29.25,
                     "warnings": [],
                     "model": {"name": "idcscan-tf_efficientnet_lite0", "version": "0.1.0",
-                              "backbone": "tf_efficientnet_lite0"},
+                              "backbone": "tf_efficientnet_lite0", "engine": "openvino bf16"},
                     "disclaimer": "Research use only. ...",
                     "demo": False,
                 }
@@ -136,7 +139,7 @@ class HealthResponse(BaseModel):
     )
     runtime: dict[str, Any] = Field(
         description="What scores the patches: engine (onnxruntime or openvino), precision "
-        "(fp32 or bf16) and threads per server process."
+        "(fp32 or bf16), device (cpu or cuda) and threads per server process."
     )
     versions: dict[str, str]
     disclaimer: str

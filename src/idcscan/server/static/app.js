@@ -177,11 +177,13 @@
     if (disclaimer) els.disclaimer.textContent = disclaimer;
     const versions = health.versions || card.versions || {};
     // Which engine scored matters: bf16 and fp32 agree to about 0.001 AUC, not to the digit.
-    const runtime = health.runtime || { engine: "onnxruntime" };
-    const engine = `${runtime.engine}${versions[runtime.engine] ? ` ${versions[runtime.engine]}` : ""}`;
+    const runtime = health.runtime;
+    const scoredBy = runtime && runtime.engine
+      ? `scored by ${runtime.engine}${versions[runtime.engine] ? ` ${versions[runtime.engine]}` : ""}` +
+        `${runtime.precision ? ` (${runtime.precision})` : ""}`
+      : "engine not reported";
     els.footerVersions.textContent = [
-      versions.idcscan ? `idcscan ${versions.idcscan}` : "",
-      `scored by ${engine}${runtime.precision ? ` (${runtime.precision})` : ""}`,
+      versions.idcscan ? `idcscan ${versions.idcscan}` : "", scoredBy,
     ].filter(Boolean).join(" · ");
   }
 
