@@ -34,6 +34,25 @@ def test_default_schedule_keeps_its_floor():
     assert s.lr_factor(s.total_steps, "head") == pytest.approx(0.02)
 
 
+def test_the_default_augmentation_is_the_one_cross_validated():
+    """docs/RESULTS.md measured "basic" geometry plus HED jitter 0.04 (`--hed-sigma 0.04`)."""
+    from pathlib import Path as _Path
+
+    from idcscan.model.config import TrainConfig
+
+    default = TrainConfig(data=_Path("DATA"), out=_Path("RUN")).augment
+    assert default == "hed"
+    assert augment_preset(default) == augment_preset("basic", hed_sigma=0.04)
+    images = torch.from_numpy(
+        np.random.default_rng(3).integers(40, 220, (16, 24, 24, 3)).astype(np.float32))
+    torch.manual_seed(0)
+    out = augment_batch(images, augment_preset(default))
+    assert out.min() >= 0 and out.max() <= 255
+    # stain jitter: each patch's mean colour moves (geometry alone would keep it exactly)
+    moved = (out.mean(dim=(1, 2)) - images.mean(dim=(1, 2))).abs().amax(dim=1)
+    assert (moved > 0.5).float().mean() > 0.5
+
+
 def test_basic_augmentation_only_moves_pixels():
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (16, 50, 50, 3), dtype=np.uint8))

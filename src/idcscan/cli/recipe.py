@@ -62,7 +62,8 @@ RECIPE: list[tuple[str, Any, Any]] = [
     ("drop_path_rate", float, typer.Option(_D.drop_path_rate, help="Stochastic depth rate.")),
     ("head", str, typer.Option(_D.head, help="mlp (the seed's head) | linear.")),
     ("augment", str, typer.Option(
-        _D.augment, help="basic (flips and 90° rotations only) | default | strong.")),
+        _D.augment, help="hed (flips, 90° rotations, light HED stain jitter) | basic (flips "
+        "and 90° rotations only) | default | strong.")),
     ("hed_sigma", float | None, typer.Option(
         None, help="HED stain-jitter strength, overriding the --augment preset's.")),
     ("randstain", float, typer.Option(
