@@ -74,7 +74,8 @@ def test_cli_writes_full_report(tiny_bundle: Path, packed: Path, tmp_path: Path)
     # Which engine scored is on record, in the file and in the report a person reads.
     engine = Predictor(tiny_bundle).engine.info
     assert metrics["runtime"] == engine.as_dict()
-    assert f"| Scored by | {engine.engine} ({engine.precision}) |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert f"| Scored by | {engine.engine} ({engine.precision}) |" in report
     # Measured at the call every output makes (P(IDC) >= 50%); the review flag on its own.
     assert metrics["threshold"] == 0.5
     assert metrics["review"]["threshold"] == Predictor(tiny_bundle).threshold
@@ -101,7 +102,6 @@ def test_cli_writes_full_report(tiny_bundle: Path, packed: Path, tmp_path: Path)
     for name in PLOTS:
         with Image.open(out / name) as image:
             assert image.format == "PNG" and min(image.size) > 200
-    report = (out / "report.md").read_text()
     assert DISCLAIMER in report.split("## Model")[0]  # at the top
     assert "tf_efficientnet_lite0" in report and "Balanced accuracy" in report
     for name in PLOTS:

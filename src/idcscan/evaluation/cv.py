@@ -37,6 +37,7 @@ from idcscan.data.packed import PackedDataset, load_packed, write_splits
 from idcscan.errors import IdcscanError
 from idcscan.evaluation.cv_summary import summarize_folds
 from idcscan.evaluation.evaluate import PREDICTIONS_FILE, evaluate, score_split
+from idcscan.inference.engine import REFERENCE_RUNTIME, EngineInfo
 from idcscan.inference.predictor import Predictor
 from idcscan.model.config import write_json  # torch-free, like this module
 
@@ -217,10 +218,9 @@ def export_ensemble(out: Path, folds: list[Fold], result: dict[str, Any],
                                 "has not been tested on unseen patients"}})
     # The merged graph must give the mean of the members' probabilities.
     sample = ds.images(slice(0, min(32, len(ds))))
-    # on the reference engine (fp32): this checks the merged file, not bf16 rounding
-    expected = np.mean([Predictor(m, runtime="onnxruntime").predict_proba(sample)
+    expected = np.mean([Predictor(m, runtime=REFERENCE_RUNTIME).predict_proba(sample)
                         for m in members], axis=0)
-    got = Predictor(tmp, runtime="onnxruntime").predict_proba(sample)
+    got = Predictor(tmp, runtime=REFERENCE_RUNTIME).predict_proba(sample)
     if not np.allclose(got, expected, atol=1e-4):
         raise RuntimeError("The ensemble graph does not average its members; this is a bug "
                            "in idcscan's ensemble export.")
@@ -254,7 +254,7 @@ def summarize_cv(out: Path, folds: list[Fold], settings: CVSettings) -> dict[str
         "settings": asdict(settings),
         **summarize_folds(records, tests, vals, n_boot=settings.n_boot, seed=settings.seed),
         # what scored the test patients (folds resumed on another machine may differ)
-        "engines": sorted({f"{rt['engine']} {rt['precision']}" for rt in
+        "engines": sorted({EngineInfo(**rt).label for rt in
                            (r["test"].get("runtime") for r in records) if rt}),
         "idcscan_version": __version__,
     }

@@ -5,9 +5,9 @@ Why two: on a CPU with AVX-512 BF16 or AMX, OpenVINO's bf16 kernels run the defa
 1.3-1.6 times faster than ONNX Runtime's fp32 ones (batch 64, measured on an AMD EPYC), and
 under 5-fold CV they scored the same patients within the allowance set before measuring
 (docs/RESULTS.md, "Which engine runs the graph?"); one patch's P(IDC) can still move by up to
-0.10, so every result names its engine. Without native bf16, OpenVINO's fp32 is no faster than ONNX Runtime, so ``auto``
-keeps the reference there. Both read the same model.onnx; nothing is converted or cached on
-disk. A patch scored alone or in a batch gets the same answer (tested on both engines; on the
+0.10, so every result names its engine. Without native bf16, OpenVINO's fp32 is no faster
+than ONNX Runtime, so ``auto`` keeps the reference there. Both read the same model.onnx;
+nothing is converted or cached on disk. A patch scored alone or in a batch gets the same answer (tested on both engines; on the
 default bundle OpenVINO bf16 gave bit-identical logits), so the server's micro-batching does
 not change an answer.
 
@@ -33,6 +33,9 @@ from idcscan.errors import IdcscanError
 
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 ENV_RUNTIME = "IDCSCAN_RUNTIME"
+#: The engine that checks a graph file against its source (export, ensemble, quantization):
+#: fp32, so a check measures the file and not bf16 rounding.
+REFERENCE_RUNTIME = "onnxruntime"
 
 log = logging.getLogger(__name__)
 

@@ -43,6 +43,7 @@ from idcscan.inference.bundle import (
     sha256_file,
     write_card,
 )
+from idcscan.inference.engine import REFERENCE_RUNTIME
 from idcscan.inference.predictor import Predictor
 from idcscan.preprocessing import pad_to_patch, to_patch
 
@@ -317,10 +318,10 @@ def quantize_bundle(
         card = _derived_card(source, onnx_path, "-int8", "quantization", info)
         write_card(card, staging)
         quantized = load_bundle(staging)
-        # Both on ONNX Runtime: the int8 graph is served there (engine.open_engine), and the
-        # check must measure quantization alone, not bf16 on top of it.
-        check_info = compare(Predictor(source, runtime="onnxruntime"),
-                             Predictor(quantized, runtime="onnxruntime"), check)
+        # Both on the reference engine, where the int8 graph is also served (open_engine):
+        # the check measures quantization alone, not bf16 on top of it.
+        check_info = compare(Predictor(source, runtime=REFERENCE_RUNTIME),
+                             Predictor(quantized, runtime=REFERENCE_RUNTIME), check)
         check_info["held_out"] = held_out
         info["check"] = check_info
         card = ModelCard.model_validate({**card.model_dump(mode="json"), "quantization": info})

@@ -175,6 +175,7 @@ def finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: di
 def check_onnx(net, bundle_dir: Path, images: torch.Tensor, tol: float = 1e-3,
                 tta: bool = False, views: int = 8) -> None:
     """The exported graph must score real patches like the network it came from."""
+    from idcscan.inference.engine import REFERENCE_RUNTIME
     from idcscan.inference.predictor import Predictor
     from idcscan.stain import StainGroup
 
@@ -183,8 +184,7 @@ def check_onnx(net, bundle_dir: Path, images: torch.Tensor, tol: float = 1e-3,
     expected = _val_logits(net, images, tta=tta, views=views)
     # per-group stain normalisation already happened (the data module's, per patient)
     as_given = StainGroup(source=None, matrix=None)
-    # ONNX Runtime fp32, the reference engine: this checks the file, not bf16 rounding
-    got = Predictor(bundle_dir, runtime="onnxruntime").logits(images.numpy(), group=as_given)
+    got = Predictor(bundle_dir, runtime=REFERENCE_RUNTIME).logits(images.numpy(), group=as_given)
     diff = float(np.abs(expected - got).max())
     if not diff <= tol:
         raise RuntimeError(f"ONNX export differs from the PyTorch network by {diff:.2e} "

@@ -4,9 +4,9 @@ loop and HTTP parser, timeouts.
 Why these choices (measured in docs/BENCHMARKS.md):
 
 * one worker process per core, each with its own model (engine: ``idcscan.inference.engine``)
-  on its share of the cores: a 50x50 patch costs the network about as much CPU as the HTTP, multipart, PNG and
-  JSON work around it, and that Python work holds the GIL, so a single process cannot keep
-  more than one core busy with it;
+  on its share of the cores: a 50x50 patch costs the network about as much CPU as the HTTP,
+  multipart, PNG and JSON work around it, and that Python work holds the GIL, so a single
+  process cannot keep more than one core busy with it;
 * uvloop and httptools (C event loop and HTTP parser) when installed; uvicorn picks them;
 * ``GuardedHttpToolsProtocol``: a deadline on request headers (slowloris), the body deadline
   being enforced where uploads are read;
