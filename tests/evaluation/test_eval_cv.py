@@ -121,6 +121,21 @@ def test_a_rerun_with_another_recipe_is_refused(cv_dir, prepared_data):
     assert result.exit_code == 2 and "other settings" in " ".join(result.output.split())
 
 
+def test_fold_seed_keeps_the_folds_while_the_training_seed_changes(cv_dir, prepared_data,
+                                                                     tmp_path):
+    """--fold-seed fixes the patients of each fold, so two training seeds pair fold by fold."""
+    plan = json.loads((cv_dir["out"] / "folds.json").read_text())  # made with --seed 0
+    same = _cv(prepared_data, tmp_path / "same", "--seed", "1", "--fold-seed", "0",
+               "--max-folds", "0")
+    assert same.exit_code == 0, same.output
+    assert json.loads((tmp_path / "same" / "folds.json").read_text()) == plan
+    config = json.loads((tmp_path / "same" / "cv_config.json").read_text())["cv"]
+    assert config["seed"] == 0 and config["recipe"]["seed"] == 1
+    other = _cv(prepared_data, tmp_path / "other", "--seed", "1", "--max-folds", "0")
+    assert other.exit_code == 0, other.output
+    assert json.loads((tmp_path / "other" / "folds.json").read_text()) != plan
+
+
 def test_export_ensemble_averages_the_folds_in_one_graph(cv_dir, prepared_data, tmp_path):
     from idcscan.evaluation.evaluate import evaluate
     from idcscan.inference.bundle import load_bundle

@@ -22,6 +22,9 @@ def cv(
                                                    "re-running continues it."),
     folds: int = typer.Option(5, help="Number of folds (K)."),
     repeats: int = typer.Option(1, help="Repeats of K-fold with different patient shuffles."),
+    fold_seed: int | None = typer.Option(
+        None, help="Seed for the folds alone (default: --seed). Keep it and change --seed to "
+                   "see a recipe's training luck on the same patients."),
     val_frac: float = typer.Option(
         0.2, help="Share of each training fold's patients held out for checkpointing, "
                   "calibration and threshold."),
@@ -40,7 +43,8 @@ def cv(
     from idcscan.evaluation.cv import CVSettings, run_cv
 
     recipe = dict(recipe or {})
-    settings = CVSettings(folds=folds, repeats=repeats, seed=recipe.get("seed", 0),
+    fold_seed = recipe.get("seed", 0) if fold_seed is None else fold_seed
+    settings = CVSettings(folds=folds, repeats=repeats, seed=fold_seed,
                           val_frac=val_frac, max_folds=max_folds, n_boot=n_boot,
                           progress=recipe.get("progress", True),
                           export_ensemble=export_ensemble)

@@ -55,6 +55,7 @@ _NOT_RECIPE = ("progress", "num_workers", "accelerator", "max_minutes")
 class CVSettings:
     folds: int = 5
     repeats: int = 1
+    #: Seed of the folds (and the bootstrap); the recipe's own seed drives training.
     seed: int = 0
     #: Share of each training fold's patients held out as its inner validation set.
     val_frac: float = 0.2
