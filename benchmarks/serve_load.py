@@ -377,6 +377,17 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), load average {load:.1f} at the start"
 
 
+def serve_runtime(serve_args: list[str]) -> str | None:
+    """The engine the served command names (``--runtime X`` or ``--runtime=X``), if any, so
+    the predictor rows use the engine the server will."""
+    for i, arg in enumerate(serve_args):
+        if arg.startswith("--runtime="):
+            return arg.split("=", 1)[1]
+        if arg == "--runtime" and i + 1 < len(serve_args):
+            return serve_args[i + 1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     serve_args: list[str] = []
@@ -402,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(machine(), highlight=False)
     patches = real_patches(args.patches, 256)
     bodies = [multipart(p) for p in patches]
-    runtime = serve_args[serve_args.index("--runtime") + 1] if "--runtime" in serve_args else None
+    runtime = serve_runtime(serve_args)
     rows, engine = predictor_rows(args.bundle, patches, args.predictor_seconds, runtime)
     port = free_port()
     url = f"http://127.0.0.1:{port}/predict"
