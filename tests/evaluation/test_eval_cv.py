@@ -131,6 +131,7 @@ def test_fold_seed_keeps_the_folds_while_the_training_seed_changes(cv_dir, prepa
     assert json.loads((tmp_path / "same" / "folds.json").read_text()) == plan
     config = json.loads((tmp_path / "same" / "cv_config.json").read_text())["cv"]
     assert config["seed"] == 0 and config["recipe"]["seed"] == 1
+    assert "fold seed 0, training seed 1" in (tmp_path / "same" / "cv.md").read_text()
     other = _cv(prepared_data, tmp_path / "other", "--seed", "1", "--max-folds", "0")
     assert other.exit_code == 0, other.output
     assert json.loads((tmp_path / "other" / "folds.json").read_text()) != plan

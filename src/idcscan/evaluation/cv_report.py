@@ -72,11 +72,14 @@ def plot_cv(result: dict[str, Any], tests: list[dict[str, np.ndarray]], path: Pa
 
 def render_cv_report(result: dict[str, Any]) -> str:
     cfg = result.get("cv_config", {})
+    train_seed = (cfg.get("recipe") or {}).get("seed", cfg.get("seed"))
+    seeds = (f"seed {cfg.get('seed')}" if train_seed == cfg.get("seed")
+             else f"fold seed {cfg.get('seed')}, training seed {train_seed}")
     lines = [
         "# Cross-validation report", "",
         f"> {DISCLAIMER}", "",
         f"{cfg.get('folds')}-fold patient-grouped cross-validation, {cfg.get('repeats')} "
-        f"repeat(s), seed {cfg.get('seed')}, on `{cfg.get('data')}`: "
+        f"repeat(s), {seeds}, on `{cfg.get('data')}`: "
         f"{result['folds_done']} of {result['folds_planned']} folds done"
         + ("." if result["complete"] else " (incomplete: re-run the same command to continue)."),
         "",
