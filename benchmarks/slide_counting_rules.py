@@ -28,15 +28,20 @@ bundles scored it (their cards give each fold's area threshold).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from idcscan.inference.bundle import load_bundle
-from idcscan.inference.context import area_threshold
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mosaic_slides import read_csv  # noqa: E402
+
+from idcscan.inference.bundle import load_bundle  # noqa: E402
+from idcscan.inference.context import area_threshold  # noqa: E402
+from idcscan.inference.predictor import sigmoid  # noqa: E402
 
 _EPS = 1e-6
 
@@ -65,7 +70,7 @@ def rules(threshold: float) -> dict[str, Callable[[np.ndarray], float]]:
     train_prior = 1.0 - threshold
 
     def at_training_share(p: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(logit(p) - shift)))
+        return sigmoid(logit(p) - shift)
 
     return {
         "count (shipped)": lambda p: float(np.mean(p >= threshold)),
@@ -75,8 +80,7 @@ def rules(threshold: float) -> dict[str, Callable[[np.ndarray], float]]:
 
 
 def read_tiles(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_csv(path)
     context = np.array([float(r["probability"]) for r in rows])
     alone = np.array([float(r.get("patch_probability") or r["probability"]) for r in rows])
     return context, alone

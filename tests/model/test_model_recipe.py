@@ -3,6 +3,8 @@ schedule knobs, augmentation presets, normalisation, heads, in-graph TTA, valida
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -36,11 +38,7 @@ def test_default_schedule_keeps_its_floor():
 
 def test_the_default_augmentation_is_the_one_cross_validated():
     """docs/RESULTS.md measured "basic" geometry plus HED jitter 0.04 (`--hed-sigma 0.04`)."""
-    from pathlib import Path as _Path
-
-    from idcscan.model.config import TrainConfig
-
-    default = TrainConfig(data=_Path("DATA"), out=_Path("RUN")).augment
+    default = TrainConfig(data=Path("DATA"), out=Path("RUN")).augment
     assert default == "hed"
     assert augment_preset(default) == augment_preset("basic", hed_sigma=0.04)
     images = torch.from_numpy(

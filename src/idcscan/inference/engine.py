@@ -7,9 +7,9 @@ under 5-fold CV they scored the same patients within the allowance set before me
 (docs/RESULTS.md, "Which engine runs the graph?"); one patch's P(IDC) can still move by up to
 0.10, so every result names its engine. Without native bf16, OpenVINO's fp32 is no faster
 than ONNX Runtime, so ``auto`` keeps the reference there. Both read the same model.onnx;
-nothing is converted or cached on disk. A patch scored alone or in a batch gets the same answer (tested on both engines; on the
-default bundle OpenVINO bf16 gave bit-identical logits), so the server's micro-batching does
-not change an answer.
+nothing is converted or cached on disk. A patch scored alone or in a batch gets the same
+answer (tested on both engines; on the default bundle OpenVINO bf16 gave bit-identical
+logits), so the server's micro-batching does not change an answer.
 
 ``IDCSCAN_RUNTIME`` (``auto``, ``onnxruntime``, ``openvino``) sets the default for every
 command and server process; ``--runtime`` on the commands sets it for one run.
