@@ -4,12 +4,21 @@ Folds are the artefact QC does not catch (docs/BENCHMARKS.md, "Artefact QC"). A 
 on the 5 patients ``qc_accuracy.py`` uses could be tuned to them, so this script scores
 candidates on any list of complete Kaggle patients: choose on one list, report on another.
 
-Each patient's mosaic is painted ``--reps`` times with the fold of ``qc_accuracy.py`` (a
-band whose transmission is squared: two layers), at places drawn from a generator seeded
-with the patient id, and screened exactly as slide mode does with the candidate in place of
-``qc.fold_mask``. Printed per candidate: caught (fold tiles at least 1/4 covered that QC left
-out) and clean loss (untouched tissue tiles left out, on the clean mosaic and on the painted
-copies).
+Each patient's mosaic is painted ``--reps`` times with a fold, at places drawn from a
+generator seeded with the patient id, and screened exactly as slide mode does with the
+candidate in place of ``qc.fold_mask``. Printed per candidate: caught (fold tiles at least
+1/4 covered that QC left out) and clean loss (untouched tissue tiles left out, on the clean
+mosaic and on the painted copies).
+
+Folds (``--fold``):
+  band   the fold of ``qc_accuracy.py``: a 240 x 800 µm band whose transmission is squared
+         (the tissue laid exactly on itself, so every texture lines up)
+  flap   a strip of tissue (160-320 x 800 µm) flipped over a line onto its neighbour, as
+         sections fold at a cut or a tear: the strip's place becomes glass, and the tissue
+         beyond the line is covered by the strip's mirror image, transmissions multiplied
+         (Beer-Lambert). The two layers are different tissue, so gaps in one are covered by
+         the other; where the mirror falls on glass the flap is one layer only, and only
+         the doubled part is the fold's footprint.
 
 Candidates (``--rules``):
   shipped              the rule in idcscan.inference.qc (darkness against the slide's tissue)
@@ -18,9 +27,15 @@ Candidates (``--rules``):
                        raised to K. Under Beer-Lambert a doubled layer squares each
                        channel's transmission, so min/max goes to its square: P 50, K 2 is
                        "a fold of the slide's median tissue".
+  floor:Q:R            "its lightest spots are dark": a doubled layer of different tissue
+                       covers the gaps and pale cytoplasm of each layer, so the local
+                       Q-th percentile of grey (7-pixel window, ~90 µm on slide mode's
+                       thumbnail) falls below R times the tissue's median of that statistic.
 
     python benchmarks/qc_fold_rules.py ../shared/data/idc-kaggle-subset/IDC_regular_ps50_idx5 \
         --patients 9123 9126 8864 8956 9023 --rules shipped saturation:50:2 saturation:10:1.5
+    python benchmarks/qc_fold_rules.py ../shared/data/idc-kaggle-subset/IDC_regular_ps50_idx5 \
+        --patients 9123 9126 8864 8956 9023 --fold flap --rules shipped floor:90:0.85
 """
 
 from __future__ import annotations
@@ -58,13 +73,56 @@ def saturation_rule(percentile: float, layers: float) -> FoldRule:
     return fold_mask
 
 
+def floor_rule(percentile: float, relative: float) -> FoldRule:
+    def fold_mask(rgb: np.ndarray, tissue: np.ndarray, mpp: float,
+                  params: qc.QCParams = qc.QCParams()) -> np.ndarray:
+        if not tissue.any():
+            return np.zeros_like(tissue)
+        light = ndimage.percentile_filter(qc._gray(rgb), percentile, size=7)
+        typical = float(np.median(light[tissue]))
+        found = ndimage.binary_closing(light < relative * typical, iterations=2) & tissue
+        return qc._drop_small(found, params.fold_min_um2 / (mpp * mpp))
+
+    return fold_mask
+
+
+RULES = {"saturation": saturation_rule, "floor": floor_rule}
+
+
 def parse_rule(text: str) -> FoldRule:
     if text == "shipped":
         return SHIPPED
-    kind, percentile, layers = text.split(":")
-    if kind != "saturation":
+    kind, a, b = text.split(":")
+    if kind not in RULES:
         raise SystemExit(f"unknown rule {text!r}")
-    return saturation_rule(float(percentile), float(layers))
+    return RULES[kind](float(a), float(b))
+
+
+def paint_flap(
+    image: np.ndarray, tissue: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A copy of ``image`` with a flap folded over (``--fold flap``), its doubled part and
+    everything the flap touched."""
+    h, w = tissue.shape
+    ys, xs = np.nonzero(tissue[120:-120, 120:-120])
+    i = rng.integers(len(xs))
+    cx, cy = xs[i] + 120, ys[i] + 120
+    angle = rng.uniform(0, np.pi)
+    nx, ny = np.cos(angle), np.sin(angle)
+    width = rng.uniform(40, 80)  # px at 4 µm/px
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    across = (xx - cx) * nx + (yy - cy) * ny
+    along = np.abs(-(xx - cx) * ny + (yy - cy) * nx) <= 100
+    covered = (across >= 0) & (across <= width) & along
+    lifted = (across < 0) & (across >= -width) & along
+    mx = np.clip(np.round(xx - 2 * across * nx), 0, w - 1).astype(int)
+    my = np.clip(np.round(yy - 2 * across * ny), 0, h - 1).astype(int)
+    f = image.astype(np.float32)
+    out = f.copy()
+    out[covered] = f[covered] * f[my, mx][covered] / 255.0
+    out[lifted] = 250.0 + rng.normal(0.0, 1.5, size=(int(lifted.sum()), 3))
+    doubled = covered & tissue & tissue[my, mx]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), doubled, covered | lifted
 
 
 def main() -> None:
@@ -73,6 +131,8 @@ def main() -> None:
     ap.add_argument("--patients", nargs="+", required=True)
     ap.add_argument("--rules", nargs="+", default=["shipped", "saturation:50:2"])
     ap.add_argument("--reps", type=int, default=3, help="painted copies per patient")
+    ap.add_argument("--fold", choices=["band", "flap"], default="band",
+                    help="how the fold is painted (see above)")
     args = ap.parse_args()
     rules = {name: parse_rule(name) for name in args.rules}
     totals = {name: np.zeros(4, dtype=np.int64) for name in rules}  # caught, folds, lost, clean
@@ -87,15 +147,21 @@ def main() -> None:
         for x, y in zip(xs[tissue_tiles], ys[tissue_tiles]):
             tissue[y:y + TILE, x:x + TILE] = True
         rng = np.random.default_rng(int(pid))
-        painted = [paint("fold", image, tissue, rng) for _ in range(args.reps)]
+        if args.fold == "flap":
+            painted = [paint_flap(image, tissue, rng) for _ in range(args.reps)]
+        else:
+            painted = [(*paint("fold", image, tissue, rng), None) for _ in range(args.reps)]
         for name, rule in rules.items():
             qc.fold_mask = rule
             row = np.zeros(4, dtype=np.int64)
             _, _, scored = screen(image, qc.QCParams())
             row[2:] += [(tissue_tiles & ~scored).sum(), tissue_tiles.sum()]
-            for copy, foot in painted:
+            for copy, foot, touched in painted:
                 _, _, scored = screen(copy, qc.QCParams())
                 cover = np.array([foot[y:y + TILE, x:x + TILE].mean() for x, y in zip(xs, ys)])
+                if touched is not None:  # the flap's lifted strip is not clean tissue either
+                    near = np.array([touched[y:y + TILE, x:x + TILE].any() for x, y in zip(xs, ys)])
+                    cover = np.where(near & (cover == 0), 1e-9, cover)
                 fold, clean = tissue_tiles & (cover >= 0.25), tissue_tiles & (cover == 0)
                 row += [(fold & ~scored).sum(), fold.sum(), (clean & ~scored).sum(), clean.sum()]
             totals[name] += row
