@@ -6,8 +6,10 @@ the map has is which way a missed fold pushes it. For every complete Kaggle pati
 CV plan, its mosaic is folded ``--reps`` times by ``qc_fold_rules.py``'s generators (seeded
 with the patient id, as there), and each tissue tile at least 1/4 covered by the doubled
 layer is scored twice by the fold model whose *test* patients include the patient: as it
-was, and folded. Tiles are scored alone (no slide-mode context) at the bundle's threshold;
-the truth is the Kaggle label of the patch at that place.
+was, and folded. Tiles with any glass of a flap's lifted strip in them are left out, so
+only the second layer differs. Tiles are scored alone (no slide-mode context) at the
+bundle's threshold; the truth is the Kaggle label of the patch at that place, i.e. of the
+lower layer (the upper one is the neighbouring tissue, mirrored).
 
 Printed per tissue class (IDC, benign): tiles, share called IDC clean and folded, median
 P(IDC), and the change in the called share with a 95% interval from resampling patients.
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mosaic_slides import is_complete  # noqa: E402
 from qc_accuracy import TILE, paint, screen  # noqa: E402
-from qc_fold_rules import paint_flap  # noqa: E402
+from qc_fold_rules import any_in_tile, paint_flap  # noqa: E402
 
 from idcscan.data.kaggle import layout_roots  # noqa: E402
 from idcscan.data.mosaic import build_mosaic  # noqa: E402
@@ -52,7 +54,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="folded copies per patient")
     ap.add_argument("--repeat", type=int, default=0, help="which CV repeat's folds to use")
     ap.add_argument("--runtime", default=None, help="engine: auto, onnxruntime or openvino")
-    ap.add_argument("--boot", type=int, default=5000)
+    ap.add_argument("--boot", type=int, default=5000, help="patient resamples for the CIs")
     args = ap.parse_args()
 
     plan = [f for f in json.loads((args.cv / "folds.json").read_text())
@@ -79,11 +81,14 @@ def main() -> None:
         rows = []
         for _ in range(args.reps):
             if args.fold == "flap":
-                folded, doubled, _ = paint_flap(image, tissue, rng)
+                folded, doubled, lifted, _ = paint_flap(image, tissue, rng)
             else:
-                folded, doubled = paint("fold", image, tissue, rng)
+                (folded, doubled), lifted = paint("fold", image, tissue, rng), None
             cover = np.array([doubled[y:y + TILE, x:x + TILE].mean() for x, y in zip(xs, ys)])
-            idx = np.flatnonzero(tissue_tiles & (cover >= 0.25))
+            fold = tissue_tiles & (cover >= 0.25)
+            if lifted is not None:  # glass from the lifted strip in a tile would confound it
+                fold &= ~any_in_tile(lifted, xs, ys)
+            idx = np.flatnonzero(fold)
             if not len(idx):
                 continue
             idc = np.array([mosaic.truth[ys[i]:ys[i] + TILE, xs[i]:xs[i] + TILE].mean() >= 0.5

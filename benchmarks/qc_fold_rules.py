@@ -17,8 +17,10 @@ Folds (``--fold``):
          sections fold at a cut or a tear: the strip's place becomes glass, and the tissue
          beyond the line is covered by the strip's mirror image, transmissions multiplied
          (Beer-Lambert). The two layers are different tissue, so gaps in one are covered by
-         the other; where the mirror falls on glass the flap is one layer only, and only
-         the doubled part is the fold's footprint.
+         the other. The footprint is where tissue tiles lie under tissue tiles (gaps inside
+         a tile count); where the mirror falls on glass the flap is one layer only. A tile
+         with any of the lifted strip's glass in it is not a fold tile (it may be left out
+         for lack of tissue, not for the fold), and no tile the flap touched is clean.
 
 Candidates (``--rules``):
   shipped              the rule in idcscan.inference.qc (darkness against the slide's tissue)
@@ -98,15 +100,20 @@ def parse_rule(text: str) -> FoldRule:
     return RULES[kind](float(a), float(b))
 
 
+#: flap centres lie this far inside the image, beyond the flap's reach (hypot(80, 100) px)
+FLAP_MARGIN = 140
+
+
 def paint_flap(
     image: np.ndarray, tissue: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A copy of ``image`` with a flap folded over (``--fold flap``), its doubled part and
-    everything the flap touched."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A copy of ``image`` with a flap folded over (``--fold flap``); where it lies doubled,
+    the lifted strip (now glass), and everything the flap touched."""
     h, w = tissue.shape
-    ys, xs = np.nonzero(tissue[120:-120, 120:-120])
+    m = FLAP_MARGIN
+    ys, xs = np.nonzero(tissue[m:-m, m:-m])
     i = rng.integers(len(xs))
-    cx, cy = xs[i] + 120, ys[i] + 120
+    cx, cy = xs[i] + m, ys[i] + m
     angle = rng.uniform(0, np.pi)
     nx, ny = np.cos(angle), np.sin(angle)
     width = rng.uniform(40, 80)  # px at 4 µm/px
@@ -122,7 +129,12 @@ def paint_flap(
     out[covered] = f[covered] * f[my, mx][covered] / 255.0
     out[lifted] = 250.0 + rng.normal(0.0, 1.5, size=(int(lifted.sum()), 3))
     doubled = covered & tissue & tissue[my, mx]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8), doubled, covered | lifted
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), doubled, lifted, covered | lifted
+
+
+def any_in_tile(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Per tile, whether ``mask`` is set anywhere in it."""
+    return np.array([mask[y:y + TILE, x:x + TILE].any() for x, y in zip(xs, ys)])
 
 
 def main() -> None:
@@ -150,19 +162,19 @@ def main() -> None:
         if args.fold == "flap":
             painted = [paint_flap(image, tissue, rng) for _ in range(args.reps)]
         else:
-            painted = [(*paint("fold", image, tissue, rng), None) for _ in range(args.reps)]
+            painted = [(*paint("fold", image, tissue, rng), None, None) for _ in range(args.reps)]
         for name, rule in rules.items():
             qc.fold_mask = rule
             row = np.zeros(4, dtype=np.int64)
             _, _, scored = screen(image, qc.QCParams())
             row[2:] += [(tissue_tiles & ~scored).sum(), tissue_tiles.sum()]
-            for copy, foot, touched in painted:
+            for copy, foot, lifted, touched in painted:
                 _, _, scored = screen(copy, qc.QCParams())
                 cover = np.array([foot[y:y + TILE, x:x + TILE].mean() for x, y in zip(xs, ys)])
-                if touched is not None:  # the flap's lifted strip is not clean tissue either
-                    near = np.array([touched[y:y + TILE, x:x + TILE].any() for x, y in zip(xs, ys)])
-                    cover = np.where(near & (cover == 0), 1e-9, cover)
                 fold, clean = tissue_tiles & (cover >= 0.25), tissue_tiles & (cover == 0)
+                if touched is not None:
+                    fold &= ~any_in_tile(lifted, xs, ys)
+                    clean &= ~any_in_tile(touched, xs, ys)
                 row += [(fold & ~scored).sum(), fold.sum(), (clean & ~scored).sum(), clean.sum()]
             totals[name] += row
             print(f"| {pid} | {name} | {row[1]} | {row[0] / max(row[1], 1):.1%} | {row[3]} | "

@@ -139,7 +139,7 @@ def test_browse_open_zoom_pan_map_and_read(
     expect(page.locator("#map-facts")).to_contain_text("QC left out")
     # folds are the artefact QC mostly misses: the viewer says which way that errs
     expect(page.locator("#qc-fold-note")).to_be_visible()
-    expect(page.locator("#qc-fold-note")).to_contain_text("reads low, not high")
+    expect(page.locator("#qc-fold-note")).to_contain_text("lowered P(IDC) rather than raised it")
     assert page.evaluate("window.osdViewer.world.getItemCount()") == 3  # slide, QC, P(IDC)
     assert page.locator("svg.idc-outlines").count() == 1
 
