@@ -44,13 +44,8 @@ def slides_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_bundle: Path, slides_dir: Path, tmp_path_factory) -> Iterator[TestClient]:
-    from idcscan.server.app import create_app
-    from idcscan.server.viewer_routes import configure_viewer
-
-    app = create_app(tiny_bundle)
-    configure_viewer(app, slides_dir, tmp_path_factory.mktemp("maps"))
-    with TestClient(app) as c:
+def client(viewer_client, slides_dir: Path) -> Iterator[TestClient]:
+    with viewer_client(slides_dir) as c:
         yield c
 
 
@@ -190,6 +185,7 @@ def test_map_runs_in_the_background_and_is_cached(client: TestClient) -> None:
     assert status["state"] == "done", status
     summary = status["summary"]
     assert summary["n_tiles"] > 0 and "qc_excluded_mm2" in summary
+    assert summary["path"] == "synthetic.tif"  # never where the slide folder lives
     assert set(summary["qc_tiles"]) == {"pen", "blur", "fold", "bubble"}
     assert by_name(client)["synthetic.tif"]["has_map"] is True
     # a second request is answered from the cache
@@ -215,14 +211,12 @@ def test_map_runs_in_the_background_and_is_cached(client: TestClient) -> None:
 
 def test_a_slide_without_scale_needs_mpp(client: TestClient) -> None:
     sid = by_name(client)["vendor/boxes.tiff"]["id"]
-    client.post(f"/api/slides/{sid}/map")
-    deadline = time.monotonic() + 60
-    while (status := client.get(f"/api/slides/{sid}/map").json())["state"] not in (
-        "done", "failed",
-    ) and time.monotonic() < deadline:  # fmt: skip
-        time.sleep(0.1)
-    assert status["state"] == "failed"
-    assert "--mpp" in status["error"] and "\n" not in status["error"]
+    r = client.post(f"/api/slides/{sid}/map")
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert "vendor/boxes.tiff records no scale" in error and "?mpp=" in error
+    assert "\n" not in error
+    assert client.get(f"/api/slides/{sid}/map").json()["state"] == "none"
 
 
 def test_serve_cli_browses_a_folder_and_refuses_a_missing_one(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -135,6 +136,8 @@ def test_browse_open_zoom_pan_map_and_read(
     page.get_by_role("button", name="Map this slide").click()
     expect(page.locator("body[data-map-shown='true']")).to_have_count(1, timeout=240_000)
     expect(page.locator("#map-progress")).to_be_hidden()
+    # the bar was shown while the job ran (set when the started job was answered)
+    expect(page.locator("body[data-progress-shown='true']")).to_have_count(1)
     expect(page.locator("#map-state")).to_contain_text("tissue tiles")
     expect(page.locator("#map-facts")).to_contain_text("QC left out")
     # folds are the artefact QC mostly misses: the viewer says which way that errs
@@ -192,8 +195,77 @@ def test_browse_open_zoom_pan_map_and_read(
     expect(page.locator("#slide-facts")).to_contain_text("0.499 µm/px")
     _settled(page)
     expect(page.locator("#scalebar-label")).to_contain_text("µm")
+    # 16 x 16 px: smaller than one tile, and the viewer says so rather than "0 tiles"
+    page.get_by_role("button", name="Map this slide").click()
+    expect(page.locator("body[data-map-shown='true']")).to_have_count(1, timeout=120_000)
+    expect(page.locator("#map-state")).to_contain_text("smaller than one tile")
+    expect(page.locator("#map-facts")).to_contain_text("from the file")
     page.screenshot(path=str(artifacts_dir / "slides-viewer-svs.png"))
 
     assert not errors, errors
     assert hosts == {urlparse(server).netloc}  # everything served locally: no CDN
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def plain_server(tiny_bundle: Path, live_server, tmp_path_factory) -> Iterator[str]:
+    from PIL import Image
+
+    from idcscan.data.synthetic_slide import tissue_layout
+    from idcscan.server.app import create_app
+    from idcscan.server.viewer_routes import configure_viewer
+
+    root = tmp_path_factory.mktemp("plain-slides")
+    # a plain picture with textured, tissue-coloured pieces and no scale recorded (no dpi)
+    rng = np.random.default_rng(0)
+    pixels = np.full((900, 1200, 3), (245, 243, 246), dtype=np.uint8)
+    ys, xs = np.mgrid[:900, :1200]
+    for piece in tissue_layout(1200, 900):
+        inside = piece.inside(xs, ys)
+        texture = rng.normal(0, 28, size=(int(inside.sum()), 1))
+        pixels[inside] = np.clip(np.array([190, 110, 170]) + texture, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(root / "no-scale.png")
+    app = create_app(tiny_bundle, demo=True)
+    configure_viewer(app, root, tmp_path_factory.mktemp("plain-maps"))
+    with live_server(app) as url:
+        yield url
+
+
+def test_a_picture_without_scale_asks_for_one_and_maps_at_it(
+    plain_server: str, browser, artifacts_dir: Path
+) -> None:
+    import httpx
+    from playwright.sync_api import expect
+
+    sid = httpx.get(f"{plain_server}/api/slides").json()[0]["id"]
+    page = browser.new_page(viewport={"width": 1400, "height": 950})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{plain_server}/viewer?slide={sid}")
+    expect(page.locator("#slide-facts")).to_contain_text("unknown")
+    _settled(page)
+    expect(page.locator("#scalebar")).to_be_hidden()  # no scale, no bar
+    expect(page.locator("#mpp-field")).to_be_visible()
+
+    # no scale typed: refused on the page, nothing started
+    page.get_by_role("button", name="Map this slide").click()
+    expect(page.locator("#viewer-error")).to_contain_text("records no scale")
+    assert httpx.get(f"{plain_server}/api/slides/{sid}/map").json()["state"] == "none"
+
+    # with one: mapped at it, and the scale bar appears from the map's scale
+    page.locator("#mpp-input").fill("4")
+    page.get_by_role("button", name="Map this slide").click()
+    expect(page.locator("body[data-map-shown='true']")).to_have_count(1, timeout=120_000)
+    expect(page.locator("#viewer-error")).to_be_hidden()
+    expect(page.locator("#map-facts")).to_contain_text("4.000 µm/px (entered)")
+    expect(page.locator("#scalebar")).to_be_visible()
+    # the bar's length in µm over its width in screen px is the entered scale at this zoom
+    label = page.locator("#scalebar-label").inner_text()
+    length_um = float(label.split()[0]) * (1000 if label.endswith(" mm") else 1)
+    bar_px = page.locator("#scalebar-bar").bounding_box()["width"]
+    zoom = page.evaluate("window.osdViewer.world.getItemAt(0)"
+                         ".viewportToImageZoom(window.osdViewer.viewport.getZoom(true))")
+    assert length_um / bar_px == pytest.approx(4.0 / zoom, rel=0.02)
+    page.screenshot(path=str(artifacts_dir / "slides-viewer-no-scale.png"))
+    assert not errors, errors
     page.close()

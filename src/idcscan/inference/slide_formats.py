@@ -205,7 +205,9 @@ class PlainImageReader(SlideReader):
                 if max_pixels is not None and im.width * im.height > max_pixels:
                     raise IdcscanError(
                         f"{self.name} is {im.width} x {im.height} = {im.width * im.height:,} "
-                        f"pixels, more than the limit of {max_pixels:,}."
+                        f"pixels, more than the {max_pixels:,} a plain picture may have here "
+                        "(it is decoded whole); save it as a tiled pyramidal TIFF (e.g. `vips "
+                        "tiffsave IN OUT.tif --tile --pyramid`), or map it with `idcscan slide`."
                     )
                 self._mpp = mpp_from_dpi(im.info.get("dpi"))
                 self.format = str(im.format or "image")
@@ -278,12 +280,14 @@ def _upright(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im) if orientation not in (None, 1) else im
 
 
-def open_slide(path: str | Path) -> SlideReader:
+def open_slide(path: str | Path, max_plain_pixels: int | None = None) -> SlideReader:
     """Open any supported large image with the reader that suits its format.
 
     TIFF-family files go through tiffslide (bounded memory); formats only OpenSlide knows
     need the optional openslide; everything else Pillow decodes. A TIFF that tiffslide
     cannot parse falls back to OpenSlide (when installed) and then to Pillow.
+    ``max_plain_pixels`` bounds the pictures Pillow decodes whole (None: no bound, for a
+    file the user named on the command line).
     """
     path = Path(path)
     if not path.is_file():
@@ -292,7 +296,7 @@ def open_slide(path: str | Path) -> SlideReader:
     if suffix in OPENSLIDE_SUFFIXES:
         return OpenSlideReader(path)
     if suffix in PLAIN_SUFFIXES:
-        return PlainImageReader(path, name=str(path))
+        return PlainImageReader(path, name=str(path), max_pixels=max_plain_pixels)
     errors: list[str] = []
     if suffix in TIFFSLIDE_SUFFIXES or _looks_like_tiff(path):
         try:
@@ -305,7 +309,7 @@ def open_slide(path: str | Path) -> SlideReader:
         except IdcscanError as exc:
             errors.append(str(exc))
     try:
-        return PlainImageReader(path, name=str(path))
+        return PlainImageReader(path, name=str(path), max_pixels=max_plain_pixels)
     except IdcscanError as exc:
         errors.append(str(exc))
     if suffix in TIFFSLIDE_SUFFIXES:

@@ -245,10 +245,10 @@ class MapStore:
                     self._map_predictor(), entry.path, self.root / entry.id,
                     SlideOptions(mpp=mpp), on_progress=progress,
                 )  # fmt: skip
-            job.warnings = tuple(str(w.message) for w in caught)
+            job.warnings = tuple(entry.redact(str(w.message)) for w in caught)
             job.state = "done"
         except IdcscanError as exc:
-            job.error = one_line(str(exc).replace(str(entry.path), entry.relpath))
+            job.error = one_line(entry.redact(str(exc)))
             job.state = "failed"
         except Exception as exc:  # a bug: reported on the page rather than lost in a thread
             job.error = f"Internal error while mapping (a bug): {type(exc).__name__}: {exc}"

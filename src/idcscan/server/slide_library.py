@@ -12,7 +12,10 @@ into a path, so no request can name a file. Symbolic links are followed only whe
 target is inside ``root``, checked again each time a slide is opened.
 
 Readers are kept open in a small LRU cache shared by all requests (``max_open``); a reader
-evicted while a request still uses it is closed when that request lets go.
+evicted while a request still uses it is closed when that request lets go. Whole-slide
+formats are read region by region; a plain picture (PNG, JPEG, a TIFF without tiles) is
+decoded whole, so those above ``max_plain_pixels`` are listed as unreadable with the way
+out, and the cache holds at most ``max_open`` of them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from idcscan.inference.slide_formats import open_slide
 from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader
 
 DICOM_SUFFIX = ".dcm"
+#: the largest plain picture the browser decodes (25 Mpx: 75 MB held while it is open)
+PLAIN_MAX_PIXELS = 25_000_000
 
 
 def one_line(message: str) -> str:
@@ -63,6 +68,13 @@ class SlideEntry:
     def readable(self) -> bool:
         return self.error is None
 
+    def redact(self, text: str) -> str:
+        """``text`` with the slide's place on the server's disk replaced by its path under
+        the slide folder: what the server answers never shows where that folder lives."""
+        for full in sorted({str(self.path), str(self.source)}, key=len, reverse=True):
+            text = text.replace(full, self.relpath)
+        return text
+
     def public(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -89,12 +101,15 @@ class _Open:
 class SlideLibrary:
     """Thread-safe catalogue of the slides under ``root`` with a bounded reader cache."""
 
-    def __init__(self, root: str | Path, max_open: int = 16) -> None:
+    def __init__(
+        self, root: str | Path, max_open: int = 16, max_plain_pixels: int = PLAIN_MAX_PIXELS
+    ) -> None:
         root_path = Path(root)
         if not root_path.is_dir():
             raise IdcscanError(f"--slides {root} is not a folder; give the folder of your slides.")
         self.root = root_path.resolve()
         self.max_open = max(1, max_open)
+        self.max_plain_pixels = max_plain_pixels
         self._entries: dict[str, SlideEntry] = {}
         self._by_key: dict[tuple[str, tuple[int, int]], SlideEntry] = {}
         self._scan_lock = threading.Lock()
@@ -153,7 +168,7 @@ class SlideLibrary:
             id=digest, path=real, source=path, relpath=relpath, name=name, stamp=stamp
         )
         try:
-            with open_slide(real) as reader:
+            with open_slide(real, self.max_plain_pixels) as reader:
                 entry.width, entry.height = reader.dimensions
                 entry.mpp = reader.mpp
                 entry.format = str(getattr(reader, "format", reader.backend))
@@ -162,7 +177,7 @@ class SlideLibrary:
                 lw, lh = reader.level_dimensions[coarsest]
                 reader.read_level(coarsest, lw // 2, lh // 2, 1, 1)  # can pixels be decoded?
         except IdcscanError as exc:
-            entry.error = one_line(str(exc).replace(str(real), relpath))
+            entry.error = one_line(entry.redact(str(exc)))
         return entry
 
     def entries(self) -> list[SlideEntry]:
@@ -190,7 +205,8 @@ class SlideLibrary:
                 self._cache.move_to_end(slide_id)
                 handle.users += 1
         if handle is None:
-            reader = open_slide(entry.path)  # outside the lock: opening may take a while
+            # outside the lock: opening may take a while
+            reader = open_slide(entry.path, self.max_plain_pixels)
             fresh = _Open(reader=reader, zoom=DeepZoom(reader), users=1)
             with self._cache_lock:
                 handle = self._cache.get(slide_id)

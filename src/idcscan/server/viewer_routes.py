@@ -12,7 +12,10 @@ layers are ``/slides/{id}/map/overlay.png`` (P(IDC), one pixel per tile),
 values for the read-out under the cursor) and ``/slides/{id}/map/regions.geojson``.
 
 Ids that name no readable slide are 404s (see ``slide_library`` for why no request can
-reach a file outside DIR).
+reach a file outside DIR). A slide that stops being readable (a damaged tile, a file cut
+short) answers 500 with a one-line reason; answers name slides by their path under DIR,
+never where DIR is. A slide whose file records no scale is mapped only with ``mpp``: the
+viewer never guesses a scale.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +34,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from idcscan import DISCLAIMER
+from idcscan.errors import IdcscanError
 from idcscan.inference.deepzoom import jpeg_bytes
 from idcscan.inference.map_layers import load_grid, overlay_png
 from idcscan.inference.predictor import Predictor
 from idcscan.server.map_jobs import MapStore
 from idcscan.server.pages import page_response
-from idcscan.server.slide_library import SlideEntry, SlideLibrary, SlideNotFound
+from idcscan.server.slide_library import SlideEntry, SlideLibrary, SlideNotFound, one_line
 
 router = APIRouter()
 #: where `idcscan serve --slides` keeps maps unless told (--maps)
@@ -64,7 +70,7 @@ class Viewer:
         with self._thumb_lock:
             if slide_id in self._thumbs:
                 return self._thumbs[slide_id]
-        with self.library.open(slide_id) as handle:
+        with _reading(self.library.get(slide_id)), self.library.open(slide_id) as handle:
             data = jpeg_bytes(handle.zoom.thumbnail(256))
         with self._thumb_lock:
             self._thumbs[slide_id] = data
@@ -108,6 +114,18 @@ def _entry(viewer: Viewer, slide_id: str) -> SlideEntry:
         return viewer.library.get(slide_id)
     except SlideNotFound:
         raise HTTPException(404) from None
+
+
+@contextmanager
+def _reading(entry: SlideEntry) -> Iterator[None]:
+    """Pixels that cannot be read are the server's file's fault, not the request's: 500,
+    with the reader's one-line reason."""
+    try:
+        yield
+    except SlideNotFound:
+        raise HTTPException(404) from None
+    except IdcscanError as exc:
+        raise HTTPException(500, one_line(entry.redact(str(exc)))) from None
 
 
 def _map_folder(viewer: Viewer, slide_id: str) -> Path:
@@ -157,7 +175,7 @@ def _with_map(viewer: Viewer, entry: SlideEntry) -> dict[str, Any]:
     item["has_map"] = folder is not None
     item["map"] = status
     if folder is not None:
-        item["map"]["summary"] = json.loads((folder / "summary.json").read_text())
+        item["map"]["summary"] = json.loads(entry.redact((folder / "summary.json").read_text()))
     item["disclaimer"] = DISCLAIMER
     item["demo"] = viewer.demo
     return item
@@ -175,6 +193,12 @@ def start_map(
     viewer: Viewer = Depends(get_viewer),
 ) -> JSONResponse:
     entry = _entry(viewer, slide_id)
+    if entry.mpp is None and mpp is None and viewer.maps.folder(entry) is None:
+        raise IdcscanError(
+            f"{entry.relpath} records no scale (µm per pixel): give the scale of its full "
+            "resolution (the scale field, or ?mpp=) to map it; a guessed scale would give a "
+            "wrong map."
+        )
     status = viewer.maps.start(entry, mpp=mpp)
     if status["state"] == "failed":  # could not even start (e.g. the maps folder is read-only)
         return JSONResponse({"error": status["error"], **status}, status_code=503)
@@ -186,8 +210,7 @@ def start_map(
 
 @router.get("/slides/{slide_id}.dzi", summary="Deep Zoom descriptor")
 def dzi(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> Response:
-    _entry(viewer, slide_id)
-    with viewer.library.open(slide_id) as handle:
+    with _reading(_entry(viewer, slide_id)), viewer.library.open(slide_id) as handle:
         return Response(handle.zoom.dzi(), media_type="application/xml")
 
 
@@ -195,8 +218,7 @@ def dzi(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> Response:
 def dz_tile(
     slide_id: str, level: int, col: int, row: int, viewer: Viewer = Depends(get_viewer)
 ) -> Response:
-    _entry(viewer, slide_id)
-    with viewer.library.open(slide_id) as handle:
+    with _reading(_entry(viewer, slide_id)), viewer.library.open(slide_id) as handle:
         if handle.reader.thread_safe:  # tiles of one slide decoded in parallel
             data = handle.zoom.tile_jpeg(level, col, row)
         else:

@@ -15,6 +15,7 @@ let mapItem = null;
 let qcItem = null;
 let svg = null;
 let outlines = null;
+let mapMpp = null; // the scale a map was made at, for a slide whose file records none
 
 function showError(message) {
   const banner = $("viewer-error");
@@ -44,10 +45,11 @@ async function getJSON(url, options) {
 // ---------------------------------------------------------------------- scale bar
 const NICE = [1, 2, 5];
 function updateScaleBar() {
-  if (!viewer || !info || !info.mpp || viewer.world.getItemCount() === 0) return;
+  const mpp = (info && info.mpp) || mapMpp;
+  if (!viewer || !mpp || viewer.world.getItemCount() === 0) return;
   const item = viewer.world.getItemAt(0);
   const zoom = item.viewportToImageZoom(viewer.viewport.getZoom(true)); // screen px per image px
-  const umPerScreenPx = info.mpp / zoom;
+  const umPerScreenPx = mpp / zoom;
   const target = 120 * umPerScreenPx;
   const exp = Math.pow(10, Math.floor(Math.log10(target)));
   let length = exp;
@@ -128,21 +130,37 @@ function addImageLayer(url, widthFraction, opacity) {
 }
 
 async function showMap(map) {
+  const s = map.summary;
   grid = await getJSON(layerUrl("grid.json"));
-  const overlayWidth = (grid.cols * grid.stride) / info.width;
-  const opacity = Number($("map-opacity").value);
-  qcItem = await addImageLayer(layerUrl("qc.png"), grid.width / info.width, 0.55);
-  mapItem = await addImageLayer(layerUrl("overlay.png"), overlayWidth, opacity);
-  const regions = await getJSON(layerUrl("regions.geojson"));
-  buildOutlines(regions);
-  qcItem.setOpacity($("show-qc").checked ? 0.55 : 0);
+  // a slide smaller than one tile has nothing to lay over it
+  const tooSmall = !s.n_tiles && (s.width < s.tile_size || s.height < s.tile_size);
+  $("layer-controls").hidden = tooSmall;
+  if (!tooSmall) {
+    const overlayWidth = (grid.cols * grid.stride) / info.width;
+    const opacity = Number($("map-opacity").value);
+    qcItem = await addImageLayer(layerUrl("qc.png"), grid.width / info.width, 0.55);
+    mapItem = await addImageLayer(layerUrl("overlay.png"), overlayWidth, opacity);
+    const regions = await getJSON(layerUrl("regions.geojson"));
+    buildOutlines(regions);
+    qcItem.setOpacity($("show-qc").checked ? 0.55 : 0);
+  }
   $("layers").hidden = false;
   $("map-button").hidden = true;
   $("mpp-field").hidden = true;
-  const s = map.summary;
   const kinds = Object.entries(s.qc_tiles || {}).map(([k, n]) => `${k} ${n}`).join(", ");
-  $("map-state").textContent = `Mapped: IDC in ${(s.idc_fraction * 100).toFixed(1)}% of ${s.n_tiles} tissue tiles.`;
+  mapMpp = s.mpp;
+  updateScaleBar();
+  $("map-state").textContent = tooSmall
+    ? `Nothing to map: the slide is smaller than one tile (${s.tile_size} px at its full resolution).`
+    : s.n_tiles
+      ? `Mapped: IDC in ${(s.idc_fraction * 100).toFixed(1)}% of ${s.n_tiles} tissue tiles.`
+      : "Mapped: no tissue left to score.";
+  const source = { metadata: "from the file", option: "entered", assumed: "assumed" }[s.mpp_source];
+  const warnings = map.warnings || [];
+  $("map-warnings").textContent = warnings.join(" ");
+  $("map-warnings").hidden = warnings.length === 0;
   facts($("map-facts"), [
+    ["Scale mapped at", `${s.mpp.toFixed(3)} µm/px (${source || s.mpp_source})`],
     ["IDC area", `${s.idc_area_mm2.toFixed(2)} mm² (tiles with P(IDC) ≥ ${(s.threshold * 100).toFixed(2)}%)`],
     ["Context", s.context ? `each tile read with its neighbours (sigma ${s.context} patch)` : "each tile alone"],
     ["Tissue scored", `${s.tissue_area_mm2.toFixed(2)} mm²`],
@@ -156,6 +174,7 @@ async function showMap(map) {
 function mapProgress(status) {
   const bar = $("map-progress");
   bar.hidden = false;
+  document.body.dataset.progressShown = "true";
   bar.max = Math.max(status.total, 1);
   bar.value = status.done;
   $("map-state").textContent = status.state === "queued"
@@ -189,9 +208,16 @@ async function startMap() {
   $("viewer-error").hidden = true;
   $("map-button").disabled = true;
   const mpp = $("mpp-input").value;
-  const query = !info.mpp && mpp ? `?mpp=${encodeURIComponent(mpp)}` : "";
+  if (!info.mpp && !(Number(mpp) > 0)) {
+    $("map-button").disabled = false;
+    showError("This slide's file records no scale: enter its µm per pixel first (the map is never made at a guessed scale).");
+    $("mpp-input").focus();
+    return;
+  }
+  const query = !info.mpp ? `?mpp=${encodeURIComponent(mpp)}` : "";
   try {
-    await getJSON(api(`/map${query}`), { method: "POST" });
+    const started = await getJSON(api(`/map${query}`), { method: "POST" });
+    if (started.state === "queued" || started.state === "running") mapProgress(started);
     await pollMap();
   } catch (err) {
     $("map-button").disabled = false;
