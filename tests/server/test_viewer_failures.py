@@ -23,6 +23,8 @@ def slides_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("failing-slides")
     # a plain picture with no scale in it (no dpi)
     Image.new("RGB", (600, 400), (200, 120, 170)).save(root / "no-scale.png")
+    (root / "cases").mkdir()
+    Image.new("RGB", (300, 200), (200, 120, 170)).save(root / "cases" / 'Präparat "7".png')
     # a pyramid whose first full-resolution tile is zeroed on disk; its overview is intact
     damaged = write_synthetic_wsi(root / "damaged-tile.tif", 3000, 2000, mpp=2.0,
                                   min_level_side=700)  # fmt: skip
@@ -63,7 +65,7 @@ def test_a_picture_without_scale_is_never_mapped_at_a_guessed_one(
     assert r.status_code == 400
     error = r.json()["error"]
     assert "no-scale.png records no scale" in error and "\n" not in error
-    assert str(slides_dir) not in error
+    assert str(slides_dir.resolve()) not in error
     assert client.get(f"/api/slides/{sid}/map").json()["state"] == "none"  # nothing started
 
     r = client.post(f"/api/slides/{sid}/map?mpp=4")
@@ -75,7 +77,20 @@ def test_a_picture_without_scale_is_never_mapped_at_a_guessed_one(
     assert status["warnings"] == []
     # the summary names the slide by its path under the folder, not the server's disk
     assert summary["path"] == "no-scale.png"
-    assert str(slides_dir) not in json.dumps(status)
+    assert str(slides_dir.resolve()) not in json.dumps(status)
+
+
+def test_answers_never_show_where_the_slide_folder_lives(
+    client: TestClient, slides_dir: Path
+) -> None:
+    relpath = 'cases/Präparat "7".png'
+    sid = ids(client)[relpath]
+    assert client.post(f"/api/slides/{sid}/map?mpp=4").status_code == 202
+    status = wait_for_map(client, sid)
+    assert status["state"] == "done", status
+    assert status["summary"]["path"] == relpath
+    for answer in (status, client.get(f"/api/slides/{sid}").json(), client.get("/api/slides").json()):
+        assert str(slides_dir.resolve()) not in json.dumps(answer, ensure_ascii=False)
 
 
 def test_a_damaged_tile_is_a_one_line_500_and_the_rest_still_serves(
@@ -89,7 +104,7 @@ def test_a_damaged_tile_is_a_one_line_500_and_the_rest_still_serves(
     assert r.status_code == 500
     error = r.json()["error"]
     assert "Could not read pixels of damaged-tile.tif" in error and "\n" not in error
-    assert str(slides_dir) not in error
+    assert str(slides_dir.resolve()) not in error
     # a coarse tile of the same slide, and another slide, are still served
     assert client.get(f"/slides/{sid}_files/8/0_0.jpeg").status_code == 200
     fine = client.get(f"/slides/{listed['fine.tif']}_files/11/0_0.jpeg")
@@ -108,5 +123,5 @@ def test_a_plain_picture_too_big_to_decode_whole_is_listed_with_the_way_out(
     big = entries["big.jpg"]
     assert not big.readable
     assert "200 x 200" in big.error and "pyramidal TIFF" in big.error
-    assert "\n" not in big.error and str(tmp_path) not in big.error
+    assert "\n" not in big.error and str(tmp_path.resolve()) not in big.error
     assert entries["small.jpg"].readable

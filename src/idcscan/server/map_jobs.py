@@ -245,13 +245,16 @@ class MapStore:
                     self._map_predictor(), entry.path, self.root / entry.id,
                     SlideOptions(mpp=mpp), on_progress=progress,
                 )  # fmt: skip
-            job.warnings = tuple(entry.redact(str(w.message)) for w in caught)
+            # the recorder sees every thread's warnings: keep the ones about this map's scale
+            job.warnings = tuple(entry.redact(str(w.message)) for w in caught
+                                 if issubclass(w.category, ScaleWarning))  # fmt: skip
             job.state = "done"
         except IdcscanError as exc:
             job.error = one_line(entry.redact(str(exc)))
             job.state = "failed"
         except Exception as exc:  # a bug: reported on the page rather than lost in a thread
-            job.error = f"Internal error while mapping (a bug): {type(exc).__name__}: {exc}"
+            job.error = one_line(entry.redact(
+                f"Internal error while mapping (a bug): {type(exc).__name__}: {exc}"))
             job.state = "failed"
         finally:
             record()

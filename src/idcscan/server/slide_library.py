@@ -63,6 +63,7 @@ class SlideEntry:
     format: str | None = None
     levels: int | None = None
     error: str | None = None
+    root: str = ""  # the slide folder, resolved: never shown
 
     @property
     def readable(self) -> bool:
@@ -70,10 +71,23 @@ class SlideEntry:
 
     def redact(self, text: str) -> str:
         """``text`` with the slide's place on the server's disk replaced by its path under
-        the slide folder: what the server answers never shows where that folder lives."""
+        the slide folder (and any other file under it, e.g. a DICOM series' companions, by
+        theirs): what the server answers never shows where that folder lives."""
         for full in sorted({str(self.path), str(self.source)}, key=len, reverse=True):
             text = text.replace(full, self.relpath)
+        if self.root:
+            text = text.replace(self.root + os.sep, "")
         return text
+
+    def redact_all(self, value: Any) -> Any:
+        """``redact`` on every string in a parsed JSON value."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, list):
+            return [self.redact_all(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.redact_all(v) for k, v in value.items()}
+        return value
 
     def public(self) -> dict[str, Any]:
         return {
@@ -165,7 +179,8 @@ class SlideLibrary:
         digest = hashlib.sha256(f"{relpath}\0{stamp[0]}\0{stamp[1]}".encode()).hexdigest()[:16]
         name = path.parent.name if path.suffix.lower() == DICOM_SUFFIX else slide_name(path)
         entry = SlideEntry(
-            id=digest, path=real, source=path, relpath=relpath, name=name, stamp=stamp
+            id=digest, path=real, source=path, relpath=relpath, name=name, stamp=stamp,
+            root=str(self.root),
         )
         try:
             with open_slide(real, self.max_plain_pixels) as reader:

@@ -21,6 +21,7 @@ viewer never guesses a scale.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -43,6 +44,7 @@ from idcscan.server.pages import page_response
 from idcscan.server.slide_library import SlideEntry, SlideLibrary, SlideNotFound, one_line
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 #: where `idcscan serve --slides` keeps maps unless told (--maps)
 ENV_SLIDES = "IDCSCAN_SERVE_SLIDES"
 ENV_MAPS = "IDCSCAN_SERVE_MAPS"
@@ -66,11 +68,12 @@ class Viewer:
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
 
-    def thumbnail(self, slide_id: str) -> bytes:
+    def thumbnail(self, entry: SlideEntry) -> bytes:
+        slide_id = entry.id
         with self._thumb_lock:
             if slide_id in self._thumbs:
                 return self._thumbs[slide_id]
-        with _reading(self.library.get(slide_id)), self.library.open(slide_id) as handle:
+        with _reading(entry), self.library.open(slide_id) as handle:
             data = jpeg_bytes(handle.zoom.thumbnail(256))
         with self._thumb_lock:
             self._thumbs[slide_id] = data
@@ -125,7 +128,8 @@ def _reading(entry: SlideEntry) -> Iterator[None]:
     except SlideNotFound:
         raise HTTPException(404) from None
     except IdcscanError as exc:
-        raise HTTPException(500, one_line(entry.redact(str(exc)))) from None
+        log.warning("Could not serve %s: %s", entry.path, exc)  # the operator sees the full path
+        raise HTTPException(500, one_line(entry.redact(str(exc)))) from exc
 
 
 def _map_folder(viewer: Viewer, slide_id: str) -> Path:
@@ -175,7 +179,8 @@ def _with_map(viewer: Viewer, entry: SlideEntry) -> dict[str, Any]:
     item["has_map"] = folder is not None
     item["map"] = status
     if folder is not None:
-        item["map"]["summary"] = json.loads(entry.redact((folder / "summary.json").read_text()))
+        summary = json.loads((folder / "summary.json").read_text())
+        item["map"]["summary"] = entry.redact_all(summary)
     item["disclaimer"] = DISCLAIMER
     item["demo"] = viewer.demo
     return item
@@ -193,7 +198,8 @@ def start_map(
     viewer: Viewer = Depends(get_viewer),
 ) -> JSONResponse:
     entry = _entry(viewer, slide_id)
-    if entry.mpp is None and mpp is None and viewer.maps.folder(entry) is None:
+    if entry.mpp is None and mpp is None and \
+            viewer.maps.status(entry)["state"] in ("none", "failed"):  # a new job would start
         raise IdcscanError(
             f"{entry.relpath} records no scale (µm per pixel): give the scale of its full "
             "resolution (the scale field, or ?mpp=) to map it; a guessed scale would give a "
@@ -231,8 +237,7 @@ def dz_tile(
 
 @router.get("/slides/{slide_id}/thumbnail.jpeg", summary="Small picture of the slide")
 async def thumbnail(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> Response:
-    _entry(viewer, slide_id)
-    data = await run_in_threadpool(viewer.thumbnail, slide_id)
+    data = await run_in_threadpool(viewer.thumbnail, _entry(viewer, slide_id))
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": TILE_CACHE_CONTROL})
 
 

@@ -131,9 +131,9 @@ function addImageLayer(url, widthFraction, opacity) {
 
 async function showMap(map) {
   const s = map.summary;
-  grid = await getJSON(layerUrl("grid.json"));
-  // a slide smaller than one tile has nothing to lay over it
+  // a slide smaller than one tile has nothing to lay over it, nor to read out
   const tooSmall = !s.n_tiles && (s.width < s.tile_size || s.height < s.tile_size);
+  grid = tooSmall ? null : await getJSON(layerUrl("grid.json"));
   $("layer-controls").hidden = tooSmall;
   if (!tooSmall) {
     const overlayWidth = (grid.cols * grid.stride) / info.width;
@@ -148,7 +148,7 @@ async function showMap(map) {
   $("map-button").hidden = true;
   $("mpp-field").hidden = true;
   const kinds = Object.entries(s.qc_tiles || {}).map(([k, n]) => `${k} ${n}`).join(", ");
-  mapMpp = s.mpp;
+  mapMpp = s.mpp_source === "assumed" ? null : s.mpp; // a guessed scale draws no bar
   updateScaleBar();
   $("map-state").textContent = tooSmall
     ? `Nothing to map: the slide is smaller than one tile (${s.tile_size} px at its full resolution).`
