@@ -48,12 +48,26 @@ def screen(image: np.ndarray, qc: QCParams) -> tuple[np.ndarray, np.ndarray, np.
     scored_idx, _, _, _ = screen_tiles(
         thumb, mask, xs, ys, TILE, scale, MPP, TissueParams().min_tissue_fraction, qc
     )
-    padded = np.pad(image, ((0, rows * TILE - h), (0, cols * TILE - w), (0, 0)),
-                    constant_values=255)  # fmt: skip
-    patches = np.stack([padded[ys[i]:ys[i] + TILE, xs[i]:xs[i] + TILE] for i in scored_idx])
+    patches = tiles_of(image, xs, ys, scored_idx)
     scored = np.zeros(len(xs), bool)
     scored[scored_idx[~blurry(patches, qc)]] = True
     return xs, ys, scored
+
+
+def tiles_of(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The ``idx`` tiles of ``image`` (n x TILE x TILE x 3), padded with glass at the edges."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((0, -(-h // TILE) * TILE - h), (0, -(-w // TILE) * TILE - w), (0, 0)),
+                    constant_values=255)  # fmt: skip
+    return np.stack([padded[ys[i]:ys[i] + TILE, xs[i]:xs[i] + TILE] for i in idx])
+
+
+def tile_pixels(shape: tuple[int, ...], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """A mask of ``shape[:2]`` set under the tiles with corners ``xs``/``ys``."""
+    mask = np.zeros(shape[:2], bool)
+    for x, y in zip(xs, ys):
+        mask[y:y + TILE, x:x + TILE] = True
+    return mask
 
 
 def spots(rng: np.random.Generator, tissue: np.ndarray, n: int, margin: int) -> list[tuple[int, int]]:
@@ -130,9 +144,8 @@ def main() -> None:
         image = mosaic.image
         h, w = image.shape[:2]
         xs0, ys0, scored_clean = screen(image, QCParams(enabled=False))
-        tissue_px = np.zeros((h, w), bool)  # tissue tiles of the clean mosaic, in pixels
-        for x, y in zip(xs0[scored_clean], ys0[scored_clean]):
-            tissue_px[y:y + TILE, x:x + TILE] = True
+        # tissue tiles of the clean mosaic, in pixels
+        tissue_px = tile_pixels(image.shape, xs0[scored_clean], ys0[scored_clean])
         for kind in kinds:
             if kind == "clean":
                 painted, foot = image, np.zeros((h, w), bool)

@@ -30,20 +30,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mosaic_slides import is_complete  # noqa: E402
-from qc_accuracy import TILE, paint, screen  # noqa: E402
-from qc_fold_rules import any_in_tile, paint_flap  # noqa: E402
+from qc_accuracy import TILE, screen, tile_pixels, tiles_of  # noqa: E402
+from qc_fold_rules import fold_and_clean_tiles, paint_fold  # noqa: E402
 
 from idcscan.data.kaggle import layout_roots  # noqa: E402
 from idcscan.data.mosaic import build_mosaic  # noqa: E402
 from idcscan.inference.predictor import Predictor  # noqa: E402
 from idcscan.inference.qc import QCParams  # noqa: E402
-
-
-def tiles_of(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    padded = np.pad(image, ((0, -(-h // TILE) * TILE - h), (0, -(-w // TILE) * TILE - w), (0, 0)),
-                    constant_values=255)  # fmt: skip
-    return np.stack([padded[ys[i]:ys[i] + TILE, xs[i]:xs[i] + TILE] for i in idx])
+from idcscan.inference.tissue import tile_fractions  # noqa: E402
 
 
 def main() -> None:
@@ -74,25 +68,17 @@ def main() -> None:
         mosaic = build_mosaic(root / pid)
         image = mosaic.image
         xs, ys, tissue_tiles = screen(image, QCParams(enabled=False))
-        tissue = np.zeros(image.shape[:2], bool)
-        for x, y in zip(xs[tissue_tiles], ys[tissue_tiles]):
-            tissue[y:y + TILE, x:x + TILE] = True
+        tissue = tile_pixels(image.shape, xs[tissue_tiles], ys[tissue_tiles])
         rng = np.random.default_rng(int(pid))
         rows = []
         for _ in range(args.reps):
-            if args.fold == "flap":
-                folded, doubled, lifted, _ = paint_flap(image, tissue, rng)
-            else:
-                (folded, doubled), lifted = paint("fold", image, tissue, rng), None
-            cover = np.array([doubled[y:y + TILE, x:x + TILE].mean() for x, y in zip(xs, ys)])
-            fold = tissue_tiles & (cover >= 0.25)
-            if lifted is not None:  # glass from the lifted strip in a tile would confound it
-                fold &= ~any_in_tile(lifted, xs, ys)
+            folded, doubled, lifted, _ = paint_fold(args.fold, image, tissue, rng)
+            # glass from a lifted strip in a tile would confound it: such tiles are not fold tiles
+            fold, _ = fold_and_clean_tiles(doubled, lifted, None, xs, ys, tissue_tiles)
             idx = np.flatnonzero(fold)
             if not len(idx):
                 continue
-            idc = np.array([mosaic.truth[ys[i]:ys[i] + TILE, xs[i]:xs[i] + TILE].mean() >= 0.5
-                            for i in idx])  # fmt: skip
+            idc = tile_fractions(mosaic.truth, xs[idx], ys[idx], TILE, 1.0) >= 0.5
             before = predictor.predict_proba(tiles_of(image, xs, ys, idx))
             after = predictor.predict_proba(tiles_of(folded, xs, ys, idx))
             t = predictor.threshold

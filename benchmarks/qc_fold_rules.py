@@ -52,10 +52,11 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from qc_accuracy import TILE, paint, screen  # noqa: E402
+from qc_accuracy import TILE, paint, screen, tile_pixels  # noqa: E402
 
 import idcscan.inference.qc as qc  # noqa: E402
 from idcscan.data.mosaic import build_mosaic  # noqa: E402
+from idcscan.inference.tissue import tile_fractions  # noqa: E402
 
 FoldRule = Callable[..., np.ndarray]
 SHIPPED: FoldRule = qc.fold_mask
@@ -132,9 +133,29 @@ def paint_flap(
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), doubled, lifted, covered | lifted
 
 
-def any_in_tile(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Per tile, whether ``mask`` is set anywhere in it."""
-    return np.array([mask[y:y + TILE, x:x + TILE].any() for x, y in zip(xs, ys)])
+def paint_fold(
+    kind: str, image: np.ndarray, tissue: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``--fold`` ``kind`` painted on a copy of ``image``: (image, doubled, lifted, touched);
+    the band lifts nothing and touches only where it lies (None, None)."""
+    if kind == "flap":
+        return paint_flap(image, tissue, rng)
+    return (*paint("fold", image, tissue, rng), None, None)
+
+
+def fold_and_clean_tiles(
+    doubled: np.ndarray, lifted: np.ndarray | None, touched: np.ndarray | None,
+    xs: np.ndarray, ys: np.ndarray, tissue_tiles: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per tile: a fold tile (tissue, >= 1/4 doubled, none of a lifted strip's glass) and a
+    clean one (tissue the fold did not touch)."""
+    cover = tile_fractions(doubled, xs, ys, TILE, 1.0)
+    fold, clean = tissue_tiles & (cover >= 0.25), tissue_tiles & (cover == 0)
+    if lifted is not None:
+        fold &= tile_fractions(lifted, xs, ys, TILE, 1.0) == 0
+    if touched is not None:
+        clean &= tile_fractions(touched, xs, ys, TILE, 1.0) == 0
+    return fold, clean
 
 
 def main() -> None:
@@ -152,17 +173,11 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for pid in args.patients:
         image = build_mosaic(args.data / pid).image
-        h, w = image.shape[:2]
         qc.fold_mask = SHIPPED
         xs, ys, tissue_tiles = screen(image, qc.QCParams(enabled=False))
-        tissue = np.zeros((h, w), bool)
-        for x, y in zip(xs[tissue_tiles], ys[tissue_tiles]):
-            tissue[y:y + TILE, x:x + TILE] = True
+        tissue = tile_pixels(image.shape, xs[tissue_tiles], ys[tissue_tiles])
         rng = np.random.default_rng(int(pid))
-        if args.fold == "flap":
-            painted = [paint_flap(image, tissue, rng) for _ in range(args.reps)]
-        else:
-            painted = [(*paint("fold", image, tissue, rng), None, None) for _ in range(args.reps)]
+        painted = [paint_fold(args.fold, image, tissue, rng) for _ in range(args.reps)]
         for name, rule in rules.items():
             qc.fold_mask = rule
             row = np.zeros(4, dtype=np.int64)
@@ -170,11 +185,7 @@ def main() -> None:
             row[2:] += [(tissue_tiles & ~scored).sum(), tissue_tiles.sum()]
             for copy, foot, lifted, touched in painted:
                 _, _, scored = screen(copy, qc.QCParams())
-                cover = np.array([foot[y:y + TILE, x:x + TILE].mean() for x, y in zip(xs, ys)])
-                fold, clean = tissue_tiles & (cover >= 0.25), tissue_tiles & (cover == 0)
-                if touched is not None:
-                    fold &= ~any_in_tile(lifted, xs, ys)
-                    clean &= ~any_in_tile(touched, xs, ys)
+                fold, clean = fold_and_clean_tiles(foot, lifted, touched, xs, ys, tissue_tiles)
                 row += [(fold & ~scored).sum(), fold.sum(), (clean & ~scored).sum(), clean.sum()]
             totals[name] += row
             print(f"| {pid} | {name} | {row[1]} | {row[0] / max(row[1], 1):.1%} | {row[3]} | "
