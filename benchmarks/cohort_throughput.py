@@ -44,13 +44,13 @@ def _noop(path: str) -> str:
 
 def child(mode: str, bundle: Path, slides: Path, out: Path) -> None:
     """One measured mode, alone in its process: prints one JSON line."""
-    from idcscan.inference.slide import SlideOptions
+    from idcscan.maps.mapper import SlideOptions
 
     options = SlideOptions(mpp=0.25)
     record: dict = {"mode": mode}
     if mode == "1 process":
-        from idcscan.inference.predictor import Predictor
-        from idcscan.inference.slide_run import run_slides
+        from idcscan.runtime.predictor import Predictor
+        from idcscan.maps.run import run_slides
 
         t0 = time.perf_counter()
         predictor = Predictor(bundle)
@@ -62,7 +62,7 @@ def child(mode: str, bundle: Path, slides: Path, out: Path) -> None:
     else:
         from distributed import Client, LocalCluster
 
-        from idcscan.inference.cohort import available_cores, run_cohort
+        from idcscan.cohorts.run import available_cores, run_cohort
 
         n = int(mode.split(":")[1])
         threads = max(1, available_cores() // n)

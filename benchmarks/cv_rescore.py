@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from idcscan.evaluation.cv import write_csv
+from idcscan.training.cv import write_csv
 from idcscan.evaluation.metrics import binary_metrics
-from idcscan.inference.predictor import Predictor
+from idcscan.runtime.predictor import Predictor
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="folder holding fold-N/run/bundle to score with")
     ap.add_argument("data", type=Path, help="the prepared DATA both were run on")
     ap.add_argument("--bundles", type=Path, help="folder holding fold-N/run/bundle (default OUT)")
-    ap.add_argument("--runtime", help="auto, onnxruntime or openvino (idcscan.inference.engine)")
+    ap.add_argument("--runtime", help="auto, onnxruntime or openvino (idcscan.runtime.engine)")
     args = ap.parse_args()
     bundles = args.bundles or args.out
     patches = np.load(args.data / "patches.npy", mmap_mode="r")

@@ -23,7 +23,7 @@ from mosaic_slides import is_complete, report, score_patient  # noqa: E402
 
 from idcscan.data.kaggle import layout_roots  # noqa: E402
 from idcscan.data.packed import load_packed  # noqa: E402
-from idcscan.inference.predictor import Predictor  # noqa: E402
+from idcscan.runtime.predictor import Predictor  # noqa: E402
 
 
 def main() -> None:

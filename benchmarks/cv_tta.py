@@ -23,9 +23,9 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from idcscan.data.packed import load_packed
 from idcscan.evaluation.cv_compare import paired_bootstrap
-from idcscan.model.config import TrainConfig
-from idcscan.model.finish import _best_state, _val_logits
-from idcscan.model.train import build_network
+from idcscan.training.config import TrainConfig
+from idcscan.training.finish import _best_state, _val_logits
+from idcscan.training.train import build_network
 
 
 def _probs(net: torch.nn.Module, images: torch.Tensor, views: int) -> np.ndarray:

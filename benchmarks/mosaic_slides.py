@@ -28,8 +28,8 @@ from sklearn.metrics import roc_auc_score
 from idcscan.data.kaggle import layout_roots
 from idcscan.data.mosaic import MOSAIC_PNG, TRUTH_CSV, make_mosaic, scan_patient
 from idcscan.data.packed import load_packed
-from idcscan.inference.predictor import Predictor
-from idcscan.inference.slide_run import analyse_slide
+from idcscan.runtime.predictor import Predictor
+from idcscan.maps.run import analyse_slide
 
 PATCH = 50
 

@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from idcscan import DISCLAIMER
-from idcscan.inference.bundle import load_bundle
-from idcscan.inference.predictor import Predictor
+from idcscan.runtime.bundle import load_bundle
+from idcscan.runtime.predictor import Predictor
 
 console = Console()
 
@@ -81,7 +81,7 @@ def measure(run: Callable[[np.ndarray], object], x: np.ndarray, seconds: float, 
 def torch_runner(bundle_dir: Path, checkpoint: Path | None, threads: int):
     import torch
 
-    from idcscan.model.network import IDCNet
+    from idcscan.training.network import IDCNet
 
     card = load_bundle(bundle_dir).card
     torch.manual_seed(0)

@@ -26,9 +26,9 @@ import numpy as np
 from scipy import ndimage
 
 from idcscan.data.mosaic import build_mosaic
-from idcscan.inference.qc import QCParams, blurry, screen_tiles
-from idcscan.inference.slide_reader import resize
-from idcscan.inference.tissue import TissueParams, tile_fractions, tissue_mask
+from idcscan.slides.qc import QCParams, blurry, screen_tiles
+from idcscan.slides.reader import resize
+from idcscan.slides.tissue import TissueParams, tile_fractions, tissue_mask
 
 TILE = 50  # px at 4 µm/px
 MPP = 4.0

@@ -35,9 +35,9 @@ from qc_fold_rules import fold_and_clean_tiles, paint_fold  # noqa: E402
 
 from idcscan.data.kaggle import layout_roots  # noqa: E402
 from idcscan.data.mosaic import build_mosaic  # noqa: E402
-from idcscan.inference.predictor import Predictor  # noqa: E402
-from idcscan.inference.qc import QCParams  # noqa: E402
-from idcscan.inference.tissue import tile_fractions  # noqa: E402
+from idcscan.runtime.predictor import Predictor  # noqa: E402
+from idcscan.slides.qc import QCParams  # noqa: E402
+from idcscan.slides.tissue import tile_fractions  # noqa: E402
 
 
 def main() -> None:

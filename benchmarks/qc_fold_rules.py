@@ -23,7 +23,7 @@ Folds (``--fold``):
          for lack of tissue, not for the fold), and no tile the flap touched is clean.
 
 Candidates (``--rules``):
-  shipped              the rule in idcscan.inference.qc (darkness against the slide's tissue)
+  shipped              the rule in idcscan.slides.qc (darkness against the slide's tissue)
   saturation:P:K       "as saturated as K stacked layers of typical tissue": min/max of RGB
                        (1 - HSV saturation), 5-pixel mean, below its P-th tissue percentile
                        raised to K. Under Beer-Lambert a doubled layer squares each
@@ -54,9 +54,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from qc_accuracy import TILE, paint, screen, tile_pixels  # noqa: E402
 
-import idcscan.inference.qc as qc  # noqa: E402
+import idcscan.slides.qc as qc  # noqa: E402
 from idcscan.data.mosaic import build_mosaic  # noqa: E402
-from idcscan.inference.tissue import tile_fractions  # noqa: E402
+from idcscan.slides.tissue import tile_fractions  # noqa: E402
 
 FoldRule = Callable[..., np.ndarray]
 SHIPPED: FoldRule = qc.fold_mask

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from idcscan.data.packed import load_packed
-from idcscan.inference.predictor import Predictor
+from idcscan.runtime.predictor import Predictor
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from idcscan.model.config import TrainConfig
-from idcscan.model.export import export_bundle
-from idcscan.model.finish import _best_state, check_onnx
-from idcscan.model.train import build_network
+from idcscan.training.config import TrainConfig
+from idcscan.training.export import export_bundle
+from idcscan.training.finish import _best_state, check_onnx
+from idcscan.training.train import build_network
 
 #: card fields export_bundle writes itself
 OWN_FIELDS = {"format_version", "name", "version", "backbone", "input_size", "patch_size",

@@ -215,8 +215,8 @@ class Row:
 
 def predictor_rows(bundle: Path, patches: list[bytes], seconds: float,
                    runtime: str | None) -> tuple[list[Row], str]:
-    from idcscan.inference.images import decode_rgb
-    from idcscan.inference.predictor import Predictor
+    from idcscan.images import decode_rgb
+    from idcscan.runtime.predictor import Predictor
     from idcscan.preprocessing import to_patch
     from idcscan.server.runtime import usable_cores
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import multipart, real_patches  # noqa: E402
 
 from idcscan import DISCLAIMER  # noqa: E402
-from idcscan.inference.predictor import Predictor  # noqa: E402
+from idcscan.runtime.predictor import Predictor  # noqa: E402
 from idcscan.server.app import create_app  # noqa: E402
 
 BOUNDARY = "idcscanbenchboundary7d1e"

@@ -3,7 +3,7 @@ under CV, on the tiles ``cv_slides.py`` already scored.
 
 Slide mode reports the IDC share of a slide's tissue. The shipped rule counts the tiles whose
 context P(IDC) reaches the area threshold (IDC more likely than not at the training IDC
-share, ``idcscan.inference.context.area_threshold``). Counting is pulled towards the training
+share, ``idcscan.runtime.labels.area_threshold``). Counting is pulled towards the training
 share, so a slide that is mostly IDC reads low. Two rules from the quantification literature
 avoid that pull without a free parameter, so they can be judged on the 21 complete patients
 without being tuned to them:
@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mosaic_slides import read_csv  # noqa: E402
 
-from idcscan.inference.bundle import load_bundle  # noqa: E402
-from idcscan.inference.context import area_threshold  # noqa: E402
-from idcscan.inference.predictor import sigmoid  # noqa: E402
+from idcscan.runtime.bundle import load_bundle  # noqa: E402
+from idcscan.runtime.labels import area_threshold  # noqa: E402
+from idcscan.runtime.predictor import sigmoid  # noqa: E402
 
 _EPS = 1e-6
 

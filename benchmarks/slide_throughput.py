@@ -112,8 +112,8 @@ def write_slide(path: Path, size: int, mpp: float, seed: int = 0) -> None:
 def build_tiny_bundle(out: Path) -> Path:
     import torch
 
-    from idcscan.model.export import export_bundle
-    from idcscan.model.network import IDCNet
+    from idcscan.training.export import export_bundle
+    from idcscan.training.network import IDCNet
     from idcscan.preprocessing import Preprocessing
 
     torch.manual_seed(0)
@@ -124,7 +124,7 @@ def build_tiny_bundle(out: Path) -> Path:
 
 def predictor_rate(bundle: Path, batch_size: int, n_batches: int) -> tuple[float, float]:
     """Tiles per wall second and per CPU second (all threads) of ``predict_proba``."""
-    from idcscan.inference.predictor import Predictor
+    from idcscan.runtime.predictor import Predictor
 
     predictor = Predictor(bundle, batch_size=batch_size)
     rng = np.random.default_rng(0)
@@ -152,9 +152,9 @@ def peak_rss_kib() -> float:
 
 def child(bundle: Path, slide: Path, out: Path, batch_size: int) -> None:
     """The measured run, alone in its process: prints one JSON line."""
-    from idcscan.inference.predictor import Predictor
-    from idcscan.inference.slide import SlideOptions
-    from idcscan.inference.slide_run import analyse_slide
+    from idcscan.runtime.predictor import Predictor
+    from idcscan.maps.mapper import SlideOptions
+    from idcscan.maps.run import analyse_slide
 
     predictor = Predictor(bundle, batch_size=batch_size)
     start, cpu = time.perf_counter(), time.process_time()

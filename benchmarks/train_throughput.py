@@ -24,9 +24,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from idcscan.data.datamodule import IDCDataModule  # noqa: E402
-from idcscan.model.config import TrainConfig  # noqa: E402
-from idcscan.model.module import IDCModule  # noqa: E402
-from idcscan.model.train import build_network  # noqa: E402
+from idcscan.training.config import TrainConfig  # noqa: E402
+from idcscan.training.module import IDCModule  # noqa: E402
+from idcscan.training.train import build_network  # noqa: E402
 
 BACKBONES = ("tf_efficientnet_lite0", "efficientnet_b0")
 SIZES = (64, 96)

@@ -147,8 +147,8 @@ def test_card_is_readable_markdown_without_absolute_paths(bundle) -> None:
 
 def test_train_header_and_quiet_lightning(prepared_data: Path, tmp_path: Path) -> None:
     from idcscan.cli.train import train_header
-    from idcscan.model.config import TrainConfig
-    from idcscan.model.train import _DropTips
+    from idcscan.training.config import TrainConfig
+    from idcscan.training.train import _DropTips
 
     config = TrainConfig(data=str(prepared_data), out=str(tmp_path / "run"), max_minutes=3)
     header = train_header(config)

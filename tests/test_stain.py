@@ -64,7 +64,7 @@ def _export(module: torch.nn.Module, path, example: torch.Tensor) -> ort.Inferen
 
 
 def test_numpy_torch_and_onnx_graph_give_the_same_numbers(patches, tmp_path):
-    from idcscan.model.network import ReinhardLayer
+    from idcscan.training.network import ReinhardLayer
 
     class Wrap(torch.nn.Module):  # the graph takes uint8, as the bundle's does
         def __init__(self) -> None:
@@ -86,10 +86,10 @@ def test_numpy_torch_and_onnx_graph_give_the_same_numbers(patches, tmp_path):
 def test_target_round_trips_through_model_json_and_rebuilds_the_same_graph(patches, tmp_path):
     from dataclasses import replace
 
-    from idcscan.inference.bundle import load_bundle
-    from idcscan.inference.predictor import Predictor
-    from idcscan.model.export import export_bundle
-    from idcscan.model.network import IDCNet
+    from idcscan.runtime.bundle import load_bundle
+    from idcscan.runtime.predictor import Predictor
+    from idcscan.training.export import export_bundle
+    from idcscan.training.network import IDCNet
     from idcscan.preprocessing import Preprocessing
 
     target = fit_target(patches)

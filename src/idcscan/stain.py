@@ -6,12 +6,12 @@ map an image's colour statistics onto a target's: convert RGB to the decorrelate
 standard deviation match the target's, and convert back. Here the statistics are taken per
 patch (all its pixels), and the target is fitted on the training patches.
 
-The same arithmetic runs inside the exported ONNX graph (``idcscan.model.network``), so train,
+The same arithmetic runs inside the exported ONNX graph (``idcscan.training.network``), so train,
 evaluate, predict, serve and slide mode all normalise identically; this module is the
 reference the graph is tested against, and what writes/reads the target in model.json.
 
 Macenko (below) is estimated per group of patches (a slide, a patient, a folder) and so
-cannot live inside a per-batch graph: ``idcscan.inference.predictor`` applies it, in numpy,
+cannot live inside a per-batch graph: ``idcscan.runtime.predictor`` applies it, in numpy,
 before the graph, for every command alike.
 """
 

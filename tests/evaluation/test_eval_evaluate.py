@@ -17,7 +17,7 @@ from idcscan import DISCLAIMER
 from idcscan.cli import app
 from idcscan.evaluation.evaluate import PATIENT_COLUMNS, PREDICTION_COLUMNS, evaluate
 from idcscan.evaluation.metrics import SCALAR_METRICS
-from idcscan.inference.predictor import Predictor
+from idcscan.runtime.predictor import Predictor
 
 METRIC_KEYS = {
     "auc", "pr_auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity",

@@ -20,7 +20,7 @@ def viewer_client(
     @contextmanager
     def make(slides: Path) -> Iterator[TestClient]:
         from idcscan.server.app import create_app
-        from idcscan.server.viewer_routes import configure_viewer
+        from idcscan.server.routes.viewer import configure_viewer
 
         app = create_app(tiny_bundle)
         configure_viewer(app, slides, tmp_path_factory.mktemp("maps"))

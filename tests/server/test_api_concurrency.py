@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from idcscan.inference.predictor import Predictor
+from idcscan.runtime.predictor import Predictor
 from idcscan.server.app import create_app
 from idcscan.server.state import ServerSettings
 

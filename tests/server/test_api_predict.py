@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from idcscan import DISCLAIMER, __version__
 from idcscan.cli import app as cli_app
-from idcscan.inference.bundle import load_bundle, write_card
-from idcscan.inference.predictor import Predictor
+from idcscan.runtime.bundle import load_bundle, write_card
+from idcscan.runtime.predictor import Predictor
 from idcscan.preprocessing import to_patch
 from idcscan.server.app import create_app
 
@@ -137,7 +137,7 @@ def test_explain_adds_an_overlay(client, images) -> None:
     assert response.status_code == 200
     body = response.json()
     # An overlay on the absolute scale, or the plain note when the map is empty: never both.
-    from idcscan.inference.explain import EMPTY_NOTE, cam_scale, is_empty
+    from idcscan.runtime.explain import EMPTY_NOTE, cam_scale, is_empty
 
     predictor = Predictor(client.app.state.idcscan.predictor.bundle)
     _, cams = predictor.predict_with_cam(images[0][None])

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from idcscan.inference.bundle import load_bundle, write_card
-from idcscan.inference.predictor import Predictor
-from idcscan.inference.scale import MAX_PATCH_SIDE, PREVIEW_SIDE
+from idcscan.runtime.bundle import load_bundle, write_card
+from idcscan.runtime.predictor import Predictor
+from idcscan.runtime.patch_size import MAX_PATCH_SIDE, PREVIEW_SIDE
 from idcscan.preprocessing import to_patch
 from idcscan.server.app import create_app
 
@@ -131,7 +131,7 @@ def test_the_openapi_document_defines_the_convention(client) -> None:
 
 
 def test_explanations_use_one_absolute_scale() -> None:
-    from idcscan.inference.explain import EMPTY_NOTE, cam_for_image, cam_scale, explain
+    from idcscan.runtime.explain import EMPTY_NOTE, cam_for_image, cam_scale, explain
 
     image = Image.new("RGB", (50, 50), (230, 200, 220))
     scale = cam_scale(1.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from idcscan import DISCLAIMER
-from idcscan.inference.bundle import load_bundle, write_card
+from idcscan.runtime.bundle import load_bundle, write_card
 
 LAUNCH = [sys.executable, "-c", "from idcscan.cli import main; main()"]
 
@@ -52,7 +52,7 @@ def test_serve_prints_url_disclaimer_and_demo_banner(tiny_bundle: Path, tmp_path
         assert health is not None, log.read_text()
         assert health["demo"] is True and health["limits"]["max_upload_mb"] == 1.0
         # the engine "auto" settles on, the same in every worker process
-        from idcscan.inference.engine import auto_runtime
+        from idcscan.runtime.engine import auto_runtime
 
         assert health["runtime"]["engine"] == auto_runtime(load_bundle(demo).onnx_path)
     finally:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from idcscan.inference.bundle import ModelCard
-from idcscan.inference.model_card import readable_card, tta_text
+from idcscan.runtime.bundle import ModelCard
+from idcscan.runtime.model_card import readable_card, tta_text
 from idcscan.server.app import create_app
 from idcscan.tta import tta_card
 

@@ -37,7 +37,7 @@ def test_the_slides_link_appears_when_slides_are_served(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
     from idcscan.server.app import create_app
-    from idcscan.server.viewer_routes import configure_viewer
+    from idcscan.server.routes.viewer import configure_viewer
 
     app = create_app(tiny_bundle)
     (tmp_path / "slides").mkdir()

@@ -276,7 +276,7 @@ def test_serve_slides_builds_its_viewer_with_the_app_before_any_request(
     """Each `serve --slides` process builds one viewer at start-up: concurrent first
     requests cannot race to build two (with two map stores and two slide caches)."""
     from idcscan.server.app import create_app_from_env
-    from idcscan.server.viewer_routes import ENV_MAPS, ENV_SLIDES
+    from idcscan.server.routes.viewer import ENV_MAPS, ENV_SLIDES
 
     monkeypatch.setenv("IDCSCAN_SERVE_BUNDLE", str(tiny_bundle))
     monkeypatch.setenv(ENV_SLIDES, str(slides_dir))

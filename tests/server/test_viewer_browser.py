@@ -38,7 +38,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_bundle: Path, slides: Path, live_server, tmp_path_factory) -> Iterator[str]:
     from idcscan.server.app import create_app
-    from idcscan.server.viewer_routes import configure_viewer
+    from idcscan.server.routes.viewer import configure_viewer
 
     app = create_app(tiny_bundle, demo=True)
     configure_viewer(app, slides, tmp_path_factory.mktemp("browser-maps"))
@@ -213,7 +213,7 @@ def plain_server(tiny_bundle: Path, live_server, tmp_path_factory) -> Iterator[s
 
     from idcscan.data.synthetic_slide import tissue_layout
     from idcscan.server.app import create_app
-    from idcscan.server.viewer_routes import configure_viewer
+    from idcscan.server.routes.viewer import configure_viewer
 
     root = tmp_path_factory.mktemp("plain-slides")
     # a plain picture with textured, tissue-coloured pieces and no scale recorded (no dpi)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from idcscan.inference.predictor import Predictor
+from idcscan.runtime.predictor import Predictor
 from idcscan.server.map_jobs import JOB_FILE, LOCK_FILE, MapStore
 from idcscan.server.slide_library import SlideEntry, SlideLibrary
 
@@ -140,7 +140,7 @@ def test_the_map_route_answers_503_with_the_reason_when_a_map_cannot_start(
     from fastapi.testclient import TestClient
 
     from idcscan.server.app import create_app
-    from idcscan.server.viewer_routes import configure_viewer
+    from idcscan.server.routes.viewer import configure_viewer
 
     maps = tmp_path / "maps"
     maps.write_text("not a folder")

@@ -8,9 +8,7 @@ from idcscan.cli import evaluate as _evaluate  # noqa: F401
 from idcscan.cli import predict as _predict  # noqa: F401
 from idcscan.cli import serve as _serve  # noqa: F401
 from idcscan.cli import slide as _slide  # noqa: F401
-from idcscan.cli import quantize as _quantize  # noqa: F401
-from idcscan.cli import demo as _demo  # noqa: F401
-from idcscan.cli import card as _card  # noqa: F401
+from idcscan.cli import models as _models  # noqa: F401  (quantize, demo, card)
 from idcscan.cli import report as _report  # noqa: F401
 
 

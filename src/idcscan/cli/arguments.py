@@ -1,6 +1,6 @@
 """What the scoring commands share: the check on their BUNDLE argument and ``--runtime``.
 
-A bundle is recognised by its model.json (``idcscan.inference.bundle``), so when the first
+A bundle is recognised by its model.json (``idcscan.runtime.bundle``), so when the first
 argument is not one but an input is, the two were most likely typed the wrong way round; one
 sentence saying so beats "No model bundle at image.png".
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import typer
 
 from idcscan.errors import IdcscanError
-from idcscan.inference.bundle import CARD_NAME
-from idcscan.inference.engine import ENV_RUNTIME, RUNTIMES, resolve_runtime
+from idcscan.runtime.bundle import CARD_NAME
+from idcscan.runtime.engine import ENV_RUNTIME, RUNTIMES, resolve_runtime
 
 RUNTIME_HELP = (
     "What runs the model: auto (OpenVINO in bf16 on a CPU with native bf16, else ONNX Runtime "

@@ -40,7 +40,7 @@ def cv(
     """Patient-grouped, stratified K-fold cross-validation of a training recipe."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see `idcscan train`
     apply_runtime(runtime)
-    from idcscan.evaluation.cv import CVSettings, run_cv
+    from idcscan.training.cv import CVSettings, run_cv
 
     recipe = dict(recipe or {})
     fold_seed = recipe.get("seed", 0) if fold_seed is None else fold_seed

@@ -45,11 +45,11 @@ def predict(
     from rich.table import Table
 
     from idcscan.cli.arguments import apply_runtime, check_bundle_first
-    from idcscan.inference.folder import STAIN_GROUPS, collect_images, output_format
-    from idcscan.inference.folder import predict_files
-    from idcscan.inference.folder import write_predictions
-    from idcscan.inference.labels import DECISION_THRESHOLD, percent
-    from idcscan.inference.predictor import Predictor
+    from idcscan.runtime.predict_files import STAIN_GROUPS, collect_images, output_format
+    from idcscan.runtime.predict_files import predict_files
+    from idcscan.runtime.predict_files import write_predictions
+    from idcscan.runtime.labels import DECISION_THRESHOLD, percent
+    from idcscan.runtime.predictor import Predictor
 
     check_bundle_first("predict", bundle, inputs)
     apply_runtime(runtime)

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from idcscan.model.config import TrainConfig
+from idcscan.training.config import TrainConfig
 
 _D = TrainConfig(data="", out="")
 

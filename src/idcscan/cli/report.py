@@ -23,7 +23,7 @@ def report(
 
     Sortable, with a histogram of IDC fractions, the model card and (with --patients) a patient table. Self-contained: opens offline.
     """  # noqa: E501  (one line per paragraph: the help wraps it)
-    from idcscan.inference.cohort_report import write_report
+    from idcscan.cohorts.report import write_report
 
     print_disclaimer()
     path = write_report(out_dir, patients=patients, bundle=bundle)

@@ -53,7 +53,7 @@ def serve(
 ) -> None:
     """Serve the dashboard and JSON API (/predict, /predict/batch, /health; docs at /docs).
     Research use only."""
-    from idcscan.inference.bundle import load_bundle
+    from idcscan.runtime.bundle import load_bundle
     from idcscan.server.runtime import default_workers, run_server
     from idcscan.server.state import ServerSettings
 
@@ -89,7 +89,7 @@ def serve(
             highlight=False,
         )
     if slides is not None:
-        from idcscan.server.viewer_routes import ENV_MAPS, ENV_SLIDES
+        from idcscan.server.routes.viewer import ENV_MAPS, ENV_SLIDES
 
         # Every server process builds its viewer from these (see viewer_routes.get_viewer).
         os.environ[ENV_SLIDES] = str(slides.resolve())

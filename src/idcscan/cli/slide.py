@@ -62,11 +62,11 @@ def slide(
 
     Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, summary.json} and OUT/summary.csv. Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide whose folder is complete is skipped, so re-running a command resumes it.
     """  # noqa: E501  (one line per paragraph: the help wraps it)
-    from idcscan.inference.bundle import load_bundle
-    from idcscan.inference.predictor import Predictor
+    from idcscan.runtime.bundle import load_bundle
+    from idcscan.runtime.predictor import Predictor
     from idcscan.cli.arguments import apply_runtime, check_bundle_first
-    from idcscan.inference.slide import ScaleWarning, SlideOptions
-    from idcscan.inference.slide_run import run_slides
+    from idcscan.maps.mapper import ScaleWarning, SlideOptions
+    from idcscan.maps.run import run_slides
 
     check_bundle_first("slide", bundle, inputs)
     apply_runtime(runtime)  # local Dask workers inherit it; a remote cluster's read their own
@@ -85,7 +85,7 @@ def slide(
             report = run_slides(predictor, inputs, out_dir, options, shard=shard,
                                 console=console, progress=console.is_terminal)
         else:
-            from idcscan.inference.cohort import run_cohort
+            from idcscan.cohorts.run import run_cohort
 
             report = run_cohort(
                 bundle, inputs, out_dir, options, cluster=cluster, shard=shard, console=console

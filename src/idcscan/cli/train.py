@@ -1,4 +1,4 @@
-"""CLI command: ``idcscan train DATA --out RUN`` (a thin layer over ``idcscan.model.train``)."""
+"""CLI command: ``idcscan train DATA --out RUN`` (a thin layer over ``idcscan.training.train``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from idcscan.cli.app import app, console, out, print_disclaimer
 from idcscan.cli.recipe import recipe_options
-from idcscan.model.config import TrainConfig
+from idcscan.training.config import TrainConfig
 
 
 
@@ -76,7 +76,7 @@ def train(
     # slower on 2 busy cores); passive waiting costs little when they are not. Must precede
     # the torch import to take effect.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from idcscan.model.train import train as run_training  # heavy: torch, lightning, timm
+    from idcscan.training.train import train as run_training  # heavy: torch, lightning, timm
 
     config = TrainConfig(data=str(data), out=str(run), resume=resume,
                          splits=str(splits) if splits else None, **(recipe or {}))

@@ -1,9 +1,9 @@
 """Evaluate an exported bundle on a packed dataset split: the numbers a results table quotes.
 
-Scoring goes through :class:`idcscan.inference.predictor.Predictor`, the same ONNX path that
+Scoring goes through :class:`idcscan.runtime.predictor.Predictor`, the same ONNX path that
 ``predict``, ``serve`` and ``slide`` use, so the evaluated model is byte for byte the served
 one (torch is never imported). Metrics are for the call every output reports (IDC Positive
-at calibrated P(IDC) >= 50%, ``idcscan.inference.labels``); the ``review`` block measures the
+at calibrated P(IDC) >= 50%, ``idcscan.runtime.labels``); the ``review`` block measures the
 bundle's review threshold, fixed on validation before the test data was seen. Outputs are
 written into a temporary directory that replaces ``out`` only when
 complete, so an interrupted run never leaves a half-written report behind.
@@ -34,8 +34,8 @@ from idcscan.evaluation.metrics import (
     summarize,
 )
 from idcscan.evaluation.report import render_report
-from idcscan.inference.labels import DECISION_THRESHOLD
-from idcscan.inference.predictor import Predictor
+from idcscan.runtime.labels import DECISION_THRESHOLD
+from idcscan.runtime.predictor import Predictor
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"

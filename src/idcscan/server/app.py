@@ -27,18 +27,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from idcscan import DISCLAIMER, __version__
 from idcscan.errors import IdcscanError
-from idcscan.inference.batching import MicroBatcher
-from idcscan.inference.bundle import Bundle
-from idcscan.inference.images import ImageTooLarge, UnsupportedImage
-from idcscan.inference.labels import CALL_RULE, CONFIDENCE_RULE, FLAG_RULE
-from idcscan.inference.model_card import find_report
-from idcscan.inference.predictor import Predictor
-from idcscan.inference.scale import MAX_PATCH_SIDE, NotAPatch
-from idcscan.server.card_routes import NoReport
-from idcscan.server.card_routes import router as card_router
-from idcscan.server.docs import install_docs
-from idcscan.server.pages import page_response
-from idcscan.server.predict_routes import router as predict_router
+from idcscan.runtime.batching import MicroBatcher
+from idcscan.runtime.bundle import Bundle
+from idcscan.images import ImageTooLarge, UnsupportedImage
+from idcscan.runtime.labels import CALL_RULE, CONFIDENCE_RULE, FLAG_RULE
+from idcscan.runtime.model_card import find_report
+from idcscan.runtime.predictor import Predictor
+from idcscan.runtime.patch_size import MAX_PATCH_SIDE, NotAPatch
+from idcscan.server.routes.card import NoReport
+from idcscan.server.routes.card import router as card_router
+from idcscan.server.routes.docs import install_docs
+from idcscan.server.routes.pages import page_response
+from idcscan.server.routes.predict import router as predict_router
 from idcscan.server.schemas import HealthResponse
 from idcscan.server.state import ServerSettings, ServerState, get_state
 from idcscan.server.uploads import UploadTimeout, UploadTooLarge
@@ -219,7 +219,7 @@ def create_app(
                if state.demo else "")
         ),
         lifespan=lifespan,
-        docs_url=None,  # served from the package's own assets (offline): idcscan.server.docs
+        docs_url=None,  # served from the package's own assets (offline): idcscan.server.routes.docs
         redoc_url=None,
     )
     app.state.idcscan = state
@@ -231,11 +231,11 @@ def create_app(
     app.include_router(predict_router)
     app.include_router(router)
 
-    from idcscan.server.slide_routes import router as slide_router
+    from idcscan.server.routes.slides import router as slide_router
 
     app.include_router(slide_router)
     app.include_router(card_router)
-    from idcscan.server.viewer_routes import router as viewer_router
+    from idcscan.server.routes.viewer import router as viewer_router
 
     app.include_router(viewer_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
@@ -253,7 +253,7 @@ def create_app_from_env() -> FastAPI:
         raise IdcscanError("IDCSCAN_SERVE_BUNDLE is not set; start it with `idcscan serve`.")
     raw = json.loads(os.environ.get("IDCSCAN_SERVE_SETTINGS", "{}"))
     threads = int(os.environ.get("IDCSCAN_SERVE_THREADS", "0")) or None
-    from idcscan.server.viewer_routes import configure_viewer_from_env
+    from idcscan.server.routes.viewer import configure_viewer_from_env
 
     app = create_app(Predictor(bundle, threads=threads), settings=ServerSettings(**raw))
     configure_viewer_from_env(app)

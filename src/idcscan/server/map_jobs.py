@@ -1,6 +1,6 @@
 """IDC maps of browsed slides, made in the background and kept per slide and model.
 
-``MapStore`` runs ``idcscan.inference.slide_run.analyse_slide`` (the function behind
+``MapStore`` runs ``idcscan.maps.run.analyse_slide`` (the function behind
 ``idcscan slide``) in one worker thread, one slide at a time, so mapping never starves the
 tile server, and reports progress. Outputs land in
 ``<maps>/<model sha256[:12]>/<slide id>/<slide name>/``: the very files ``idcscan slide``
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from idcscan.errors import IdcscanError
-from idcscan.inference.predictor import Predictor
-from idcscan.inference.slide import SUMMARY_JSON, ScaleWarning, SlideOptions
-from idcscan.inference.slide_run import analyse_slide
+from idcscan.runtime.predictor import Predictor
+from idcscan.maps.mapper import SUMMARY_JSON, ScaleWarning, SlideOptions
+from idcscan.maps.run import analyse_slide
 from idcscan.server.slide_library import SlideEntry, one_line
 
 

@@ -3,7 +3,7 @@ loop and HTTP parser, timeouts.
 
 Why these choices (measured in docs/BENCHMARKS.md):
 
-* one worker process per core, each with its own model (engine: ``idcscan.inference.engine``)
+* one worker process per core, each with its own model (engine: ``idcscan.runtime.engine``)
   on its share of the cores: a 50x50 patch costs the network about as much CPU as the HTTP,
   multipart, PNG and JSON work around it, and that Python work holds the GIL, so a single
   process cannot keep more than one core busy with it;
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import uvicorn
 
-from idcscan.inference.bundle import Bundle
+from idcscan.runtime.bundle import Bundle
 from idcscan.server.protocols import IMPORT_STRING
 from idcscan.server.state import ServerSettings
 
@@ -77,9 +77,9 @@ def run_server(
 ) -> None:
     """Serve ``bundle`` until interrupted (Ctrl+C, SIGTERM)."""
     if workers <= 1:
-        from idcscan.inference.predictor import Predictor
+        from idcscan.runtime.predictor import Predictor
         from idcscan.server.app import create_app
-        from idcscan.server.viewer_routes import configure_viewer_from_env
+        from idcscan.server.routes.viewer import configure_viewer_from_env
 
         predictor = Predictor(bundle, threads=threads_per_worker(1))
         app = create_app(predictor, settings=settings)
@@ -89,8 +89,8 @@ def run_server(
 
     from uvicorn.supervisors import Multiprocess
 
-    from idcscan.inference.engine import ENV_RUNTIME, auto_runtime, resolve_runtime
-    from idcscan.inference.predictor import made_for_onnxruntime
+    from idcscan.runtime.engine import ENV_RUNTIME, auto_runtime, resolve_runtime
+    from idcscan.runtime.predictor import made_for_onnxruntime
 
     # Every worker must score with the same engine (/health reports one): settle "auto" here,
     # once, by compiling the graph, and hand the workers the answer.

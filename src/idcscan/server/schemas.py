@@ -4,7 +4,7 @@
 ``class_name``, ``confidence``, ``probability_positive``, ``probability_negative``, ``image``);
 everything else is an addition. Probabilities in HTTP answers are PERCENTS with 2 decimals,
 made for people; files written by ``idcscan predict`` hold fractions. The decision convention
-(the call at 50%, the review flag at the bundle's threshold) is ``idcscan.inference.labels``.
+(the call at 50%, the review flag at the bundle's threshold) is ``idcscan.runtime.labels``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from idcscan.inference.labels import (
+from idcscan.runtime.labels import (
     CALL_RULE,
     CLASS_NAMES,
     CONFIDENCE_RULE,
@@ -22,7 +22,7 @@ from idcscan.inference.labels import (
     classify,
     flagged,
 )
-from idcscan.inference.scale import MAX_PATCH_SIDE, PREVIEW_SIDE
+from idcscan.runtime.patch_size import MAX_PATCH_SIDE, PREVIEW_SIDE
 
 
 class ErrorResponse(BaseModel):

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from idcscan.errors import IdcscanError
-from idcscan.inference.deepzoom import DeepZoom
-from idcscan.inference.slide_run import slide_name
-from idcscan.inference.slide_formats import open_slide
-from idcscan.inference.slide_reader import SUPPORTED_SUFFIXES, SlideReader
+from idcscan.slides.deepzoom import DeepZoom
+from idcscan.maps.run import slide_name
+from idcscan.slides.formats import open_slide
+from idcscan.slides.reader import SUPPORTED_SUFFIXES, SlideReader
 
 DICOM_SUFFIX = ".dcm"
 #: the largest plain picture the browser decodes (25 Mpx: 75 MB held while it is open)

@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import Request
 
-from idcscan.inference.predictor import Predictor
-from idcscan.inference.scale import MAX_PATCH_SIDE, PREVIEW_SIDE
+from idcscan.runtime.predictor import Predictor
+from idcscan.runtime.patch_size import MAX_PATCH_SIDE, PREVIEW_SIDE
 
 MB = 1024 * 1024
 
@@ -59,7 +59,7 @@ class ServerSettings:
 class ServerState:
     predictor: Predictor
     settings: ServerSettings = field(default_factory=ServerSettings)
-    batcher: Any = None  # the micro-batcher (idcscan.inference.batching), set by the app factory
+    batcher: Any = None  # the micro-batcher (idcscan.runtime.batching), set by the app factory
     demo: bool = False
     decode_gate: threading.BoundedSemaphore = field(init=False)
 

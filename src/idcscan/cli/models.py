@@ -1,0 +1,142 @@
+"""CLI commands about model bundles: ``quantize`` a bundle, build the ``demo`` bundle, print a
+bundle's ``card``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from idcscan.cli.app import app, console, out, print_disclaimer
+from idcscan.errors import IdcscanError
+
+
+@app.command()
+def quantize(
+    bundle: Path = typer.Argument(
+        ..., help="Bundle directory to convert (model.onnx + model.json)."
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the new bundle."),
+    calibration: Path | None = typer.Option(
+        None,
+        "--calibration",
+        help="Calibration patches: a prepared dataset (its validation split is used) or a folder "
+        "of patch images. Default: synthetic H&E-like patches (fine for a demo model only).",
+    ),
+    calibration_size: int = typer.Option(512, help="Patches used to calibrate activation ranges."),
+    check_size: int = typer.Option(
+        256, help="Further patches on which the int8 model is compared with fp32."
+    ),
+    fmt: str = typer.Option("qdq", "--format", help="Quantized graph format: qdq or qoperator."),
+    method: str = typer.Option("minmax", help="Calibration method: minmax, entropy or percentile."),
+    per_channel: bool = typer.Option(True, help="Per-channel weight scales (more accurate)."),
+    optimize_only: bool = typer.Option(
+        False,
+        "--optimize-only",
+        help="Instead of int8, save ONNX Runtime's fused fp32 graph (same numbers, faster start).",
+    ),
+    level: str = typer.Option(
+        "extended",
+        help="With --optimize-only: basic, extended (portable) or all (tied to this CPU type).",
+    ),
+    seed: int = typer.Option(0, help="Seed for sampling calibration patches."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Make a faster CPU bundle: static int8 quantization (default) or graph optimisation."""
+    try:
+        from idcscan.runtime.quantize import QuantizeConfig, optimize_bundle, quantize_bundle
+    except ImportError as exc:  # onnxruntime.quantization needs the onnx package
+        raise IdcscanError(
+            f"Quantization needs the training extras ({exc}); install them with "
+            "`pip install 'idcscan[train]'`."
+        ) from exc
+
+    if optimize_only:
+        result = optimize_bundle(bundle, out_dir, level=level, overwrite=force)  # type: ignore[arg-type]
+        out.print(f"Optimised bundle written to [bold]{result.path}[/] ({result.card.name}).")
+        print_disclaimer()
+        return
+
+    if fmt not in ("qdq", "qoperator"):
+        raise IdcscanError(f"--format must be qdq or qoperator, not {fmt!r}.")
+    if method not in ("minmax", "entropy", "percentile"):
+        raise IdcscanError(f"--method must be minmax, entropy or percentile, not {method!r}.")
+    if calibration_size < 1 or check_size < 0:
+        raise IdcscanError("--calibration-size must be at least 1 and --check-size at least 0.")
+    config = QuantizeConfig(
+        format=fmt,  # type: ignore[arg-type]
+        per_channel=per_channel,
+        calibration_size=calibration_size,
+        check_size=check_size,
+        method=method,  # type: ignore[arg-type]
+        seed=seed,
+    )
+    if calibration is None:
+        console.print(
+            "[yellow]No --calibration data: calibrating on synthetic H&E-like patches. "
+            "For a model trained on real tissue pass its prepared dataset.[/]"
+        )
+    with console.status("Calibrating and quantizing…"):
+        result = quantize_bundle(bundle, out_dir, calibration, config, overwrite=force)
+    q = result.card.model_extra["quantization"]
+    cal, check = q["calibration"], q["check"]
+    out.print(f"int8 bundle written to [bold]{result.path}[/] ({result.card.name}).")
+    kind = {"packed": "validation split", "images": "image files", "synthetic": "synthetic"}
+    out.print(
+        f"Calibrated on {cal['patches']} patches ({kind.get(cal['kind'], cal['kind'])}) "
+        f"from {cal['source']}.",
+        soft_wrap=True,
+    )
+    out.print(
+        f"Against fp32 on {check['patches']} {'held-out' if check['held_out'] else 'calibration'} "
+        f"patches: max |ΔP(IDC)| {check['max_abs_prob_diff']:.4f}, mean "
+        f"{check['mean_abs_prob_diff']:.4f}, "
+        f"same decision {100 * check['decision_agreement']:.1f}%.",
+        soft_wrap=True,
+    )
+    out.print("Card metrics are the fp32 model's: run `idcscan evaluate` on the new bundle.")
+    print_disclaimer()
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo"), "--out", help="Where the demo pipeline writes."),
+    minutes: float = typer.Option(3.0, help="Training budget in minutes (whole train command)."),
+    data: Path | None = typer.Option(
+        None, help="A Kaggle-layout folder to train on instead of synthetic data."
+    ),
+    seed: int = typer.Option(0, help="Seed for data, split and training."),
+) -> None:
+    """Build the demo bundle (cached) and its evaluation report; `make demo` then serves it."""
+    from idcscan.training.demo import build_demo
+
+    result = build_demo(out_dir, minutes=minutes, data=data, seed=seed)
+    state = "trained" if result.trained else "reused (cached)"
+    console.print(f"bundle {state}: {result.bundle}", highlight=False)
+    console.print(f"evaluation report: {result.report / 'report.md'}", highlight=False)
+    out.print(str(result.bundle))
+    print_disclaimer()
+
+
+@app.command()
+def card(
+    bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
+    report: Path | None = typer.Option(
+        None, help="The `idcscan evaluate` folder of this bundle (default: found next to it)."
+    ),
+) -> None:
+    """Print the model card in Markdown: classes, decision rule, data, validation and test metrics.
+
+    model.json keeps every detail for machines; this is the summary a person reads. Test metrics with 95% CIs appear when an evaluation report of this very bundle exists.
+    """  # noqa: E501
+    from idcscan.runtime.bundle import load_bundle
+    from idcscan.runtime.model_card import card_markdown, find_report, load_report
+    from idcscan.runtime.model_card import readable_card
+
+    loaded = load_bundle(bundle)
+    folder = report if report is not None else find_report(loaded.path, loaded.card)
+    # Relative to where the command runs: a card shows no absolute paths.
+    link = os.path.relpath(folder / "report.md") if folder is not None else None
+    out.print(card_markdown(readable_card(loaded.card, load_report(folder), link)),
+              markup=False, highlight=False)  # the card carries the disclaimer

@@ -1,0 +1,1 @@
+"""Many slides on Dask: the run, its workers and the cohort report."""

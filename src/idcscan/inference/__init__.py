@@ -1,1 +1,0 @@
-"""Torch-free inference: bundle loading, the predictor and its engine, explanations, slides."""

@@ -1,1 +1,0 @@
-"""Training-side model code (needs torch): network, weights, Lightning module, export."""

@@ -1,0 +1,1 @@
+"""Running a model bundle: its card, the shipped models, engines, the predictor."""
