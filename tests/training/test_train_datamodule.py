@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from idcscan.data.datamodule import EvalBatches, IDCDataModule, PermutationStream
+from idcscan.data.datamodule import (
+    EvalBatches,
+    IDCDataModule,
+    PermutationStream,
+    WeightedStream,
+    patient_weights,
+)
 from idcscan.errors import IdcscanError
 
 
@@ -18,6 +24,37 @@ def test_stream_visits_every_patch_once_per_pass():
     # Any window is the same slice of the same stream, wherever it is cut.
     assert np.array_equal(stream.take(30, 20), np.concatenate([first, second])[30:50])
     assert np.array_equal(PermutationStream(37, seed=3).take(5, 50), stream.take(5, 50))
+
+
+def test_patient_balance_draws_patients_alike_however_many_patches_they_have():
+    # one patient with 90 patches, nine with 1 each
+    patients = np.array(["big"] * 90 + [f"p{i}" for i in range(9)])
+    assert np.allclose(patient_weights(patients, 0.0), 1.0)
+    weights = patient_weights(patients, 1.0)
+    drawn = WeightedStream(weights, seed=1).take(0, 20_000)
+    share_big = np.mean(patients[drawn] == "big")
+    assert share_big == pytest.approx(0.1, abs=0.02)  # 1 patient of 10, not 90 patches of 99
+    half = WeightedStream(patient_weights(patients, 0.5), seed=1).take(0, 20_000)
+    assert 0.1 < np.mean(patients[half] == "big") < 0.9
+    # reproducible and cut anywhere, like the permutation stream (resume)
+    again = WeightedStream(weights, seed=1)
+    assert np.array_equal(again.take(150, 60), drawn[150:210])
+
+
+def test_patient_balance_weighs_the_class_counts_and_keeps_the_order_reproducible(
+        prepared_data):
+    plain = IDCDataModule(prepared_data, batch_size=16, seed=0)
+    balanced = IDCDataModule(prepared_data, batch_size=16, seed=0, patient_balance=1.0)
+    neg, pos = balanced.class_counts()
+    assert neg + pos == pytest.approx(sum(plain.class_counts()))
+    labels = balanced.train_labels.numpy()
+    patients = balanced.packed.subset("train").patient
+    share = np.mean([labels[patients == p].mean() for p in np.unique(patients)])
+    assert pos / (neg + pos) == pytest.approx(share)  # every patient counts once
+    balanced.set_schedule([6])
+    again = IDCDataModule(prepared_data, batch_size=16, seed=0, patient_balance=1.0)
+    again.set_schedule([6])
+    assert torch.equal(again.train_batches(0)[4][0], balanced.train_batches(0)[4][0])
 
 
 def test_train_batches_match_the_split_and_are_reproducible(prepared_data):

@@ -61,6 +61,9 @@ RECIPE: list[tuple[str, Any, Any]] = [
                             "the rounds left from the run's own pace.")),
     ("drop_path_rate", float, typer.Option(_D.drop_path_rate, help="Stochastic depth rate.")),
     ("head", str, typer.Option(_D.head, help="mlp (the seed's head) | linear.")),
+    ("patient_balance", float, typer.Option(
+        _D.patient_balance, help="Sample each patch with weight (its patient's patch count) ** "
+                                 "-VALUE: 0 every patch alike, 1 every patient alike.")),
     ("augment", str, typer.Option(
         _D.augment, help="hed (flips, 90° rotations, light HED stain jitter) | basic (flips "
         "and 90° rotations only) | default | strong.")),

@@ -49,6 +49,30 @@ class PermutationStream:
         return out
 
 
+class WeightedStream(PermutationStream):
+    """Indices drawn with replacement, ``n`` per pass, index ``i`` with probability
+    ``weights[i]``: each pass is seeded like a permutation, so a resumed run draws the same."""
+
+    def __init__(self, weights: np.ndarray, seed: int) -> None:
+        super().__init__(len(weights), seed)
+        self.p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+
+    @functools.lru_cache(maxsize=4)
+    def permutation(self, pass_index: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, pass_index]).choice(self.n, self.n, p=self.p)
+
+
+def patient_weights(patients: np.ndarray, balance: float) -> np.ndarray:
+    """Sampling weight of each patch: its patient's patch count to the power ``-balance``.
+
+    0 samples every patch alike (patients with many patches dominate); 1 samples every patient
+    alike; 0.5 is between. In the shared Kaggle subset 19 of 209 patients hold three quarters
+    of the patches, so without it the model mostly learns those 19 patients' tissue and stain.
+    """
+    _, inverse, counts = np.unique(patients, return_inverse=True, return_counts=True)
+    return counts[inverse].astype(np.float64) ** -float(balance)
+
+
 class TrainBatches(Dataset):
     """Item ``i`` is this rank's ``i``-th batch of one training round (a whole batch)."""
 
@@ -97,7 +121,8 @@ class IDCDataModule(L.LightningDataModule):
 
     def __init__(self, data_dir: str | Path, batch_size: int = 64, seed: int = 0,
                  num_workers: int = 0, augment: AugmentConfig | None = AugmentConfig(),
-                 eval_batch_size: int = 256, splits: str | Path | None = None) -> None:
+                 eval_batch_size: int = 256, splits: str | Path | None = None,
+                 patient_balance: float = 0.0) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         #: Optional splits file (row, split) that overrides index.csv's split column.
@@ -107,6 +132,8 @@ class IDCDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.eval_batch_size = eval_batch_size
+        #: Exponent of ``patient_weights`` (0: every patch once per pass, in a permutation).
+        self.patient_balance = patient_balance
         self.epoch_steps: list[int] = []
         self.packed: PackedDataset | None = None
         self.train_images = self.train_labels = self.val_images = self.val_labels = None
@@ -151,11 +178,32 @@ class IDCDataModule(L.LightningDataModule):
         self.load()
         return len(self.train_labels)
 
-    def class_counts(self) -> tuple[int, int]:
-        """(negatives, positives) in the train split."""
+    def sampling_weights(self) -> np.ndarray | None:
+        """Per training patch, its chance of being drawn (None: a permutation per pass)."""
         self.load()
-        pos = int(self.train_labels.sum())
-        return len(self.train_labels) - pos, pos
+        if not self.patient_balance:
+            return None
+        return patient_weights(self.packed.subset("train").patient, self.patient_balance)
+
+    def class_counts(self) -> tuple[float, float]:
+        """(negatives, positives) in the train split, as the sampler draws them: with
+        patient balancing, each patch counts by its sampling weight (scaled to the split's
+        size), so a class-balanced loss balances what training actually sees."""
+        self.load()
+        labels = self.train_labels.numpy()
+        weights = self.sampling_weights()
+        if weights is None:
+            pos = int(labels.sum())
+            return len(labels) - pos, pos
+        weights = weights * len(labels) / weights.sum()
+        pos = float(weights[labels == 1].sum())
+        return float(weights.sum()) - pos, pos
+
+    def _stream(self, seed: int) -> PermutationStream:
+        weights = self.sampling_weights()
+        if weights is None:
+            return PermutationStream(len(self.train_labels), seed)
+        return WeightedStream(weights, seed)
 
     def steps_per_pass(self, world: int = 1) -> int:
         """Optimizer steps for one pass over the training split."""
@@ -175,8 +223,7 @@ class IDCDataModule(L.LightningDataModule):
         if not self.epoch_steps:
             raise RuntimeError("set_schedule() must be called before training")
         return TrainBatches(
-            self.train_images, self.train_labels,
-            PermutationStream(len(self.train_labels), self.seed),
+            self.train_images, self.train_labels, self._stream(self.seed),
             first_step=sum(self.epoch_steps[:epoch]), steps=self.epoch_steps[epoch],
             batch_size=self.batch_size, rank=rank, world=world,
         )
@@ -184,7 +231,7 @@ class IDCDataModule(L.LightningDataModule):
     def train_batches_for_probe(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``n`` training batches for timing steps (drawn from the same data, another seed)."""
         self.load()
-        stream = PermutationStream(len(self.train_labels), self.seed + 7919)
+        stream = self._stream(self.seed + 7919)
         batches = TrainBatches(self.train_images, self.train_labels, stream, 0, n,
                                self.batch_size, 0, 1)
         return [batches[i] for i in range(n)]

@@ -81,6 +81,10 @@ class TrainConfig:
     #: Rows/splits override: a CSV (row, split) that replaces index.csv's split column, so
     #: cross-validation folds train on a chosen set of patients without copying patches.
     splits: str | None = None
+    #: Patient balancing of the sampler: each patch is drawn with weight (its patient's patch
+    #: count) ** -patient_balance, with replacement (0: every patch once per pass; 1: every
+    #: patient equally often). ``data.datamodule.patient_weights``.
+    patient_balance: float = 0.0
     #: Augmentation preset: "hed" (flips, 90-degree rotations and light HED stain jitter;
     #: +0.009 balanced accuracy over "basic" under 5-fold CV, docs/RESULTS.md), "basic" (the
     #: geometry alone), "default", "strong".
@@ -168,6 +172,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name.replace('_', '-')} must be one of "
                                 f"{', '.join(allowed)} (got {getattr(self, name)!r})")
+        if not 0 <= self.patient_balance <= 1:
+            problems.append("--patient-balance must be between 0 and 1")
         if self.hed_sigma is not None and not 0 <= self.hed_sigma < 1:
             problems.append("--hed-sigma must be in [0, 1)")
         if self.tta_views not in (2, 4, 8):

@@ -146,7 +146,7 @@ def _autocast(precision: str, accelerator: str):
     return lambda: torch.autocast("cuda", dtype=dtype)
 
 
-def _resolve_pos_weight(spec: str, neg: int, pos: int) -> float:
+def _resolve_pos_weight(spec: str, neg: float, pos: float) -> float:
     if spec == "none":
         return 1.0
     if spec == "balanced":
@@ -215,7 +215,8 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = IDCDataModule(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed,
-                       num_workers=cfg.num_workers, splits=cfg.splits)
+                       num_workers=cfg.num_workers, splits=cfg.splits,
+                       patient_balance=cfg.patient_balance)
     dm.load()
     stats = randstain_stats(_sample(dm.train_images, cfg.seed)) if cfg.randstain else None
     dm.augment = augment_preset(cfg.augment, cfg.hed_sigma, cfg.randstain, stats)
