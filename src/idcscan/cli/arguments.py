@@ -16,6 +16,10 @@ import typer
 from idcscan.errors import IdcscanError
 from idcscan.runtime.bundle import CARD_NAME
 from idcscan.runtime.engine import ENV_RUNTIME, RUNTIMES, resolve_runtime
+from idcscan.runtime.shipped import shipped_names
+
+BUNDLE_HELP = ("A shipped model's name (default; `idcscan models` lists them) or a bundle folder "
+               "(model.onnx + model.json).")
 
 RUNTIME_HELP = (
     "What runs the model: auto (OpenVINO in bf16 on a CPU with native bf16, else ONNX Runtime "
@@ -42,7 +46,7 @@ def _is_bundle(path: Path) -> bool:
 
 def check_bundle_first(command: str, bundle: Path, inputs: Sequence[Path]) -> None:
     """Refuse swapped arguments with a hint; ``load_bundle`` handles the other mistakes."""
-    if _is_bundle(bundle):
+    if _is_bundle(bundle) or str(bundle) in shipped_names():
         return
     swapped = next((p for p in inputs if _is_bundle(p)), None)
     if swapped is not None:

@@ -8,13 +8,13 @@ import typer
 from rich.table import Table
 
 from idcscan.cli.app import app, out, print_disclaimer
-from idcscan.cli.arguments import apply_runtime, runtime_option
+from idcscan.cli.arguments import BUNDLE_HELP, apply_runtime, runtime_option
 from idcscan.data.packed import SPLITS
 
 
 @app.command()
 def evaluate(
-    bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
+    bundle: Path = typer.Argument(..., help=BUNDLE_HELP, show_default=False),
     data: Path = typer.Argument(..., help="Packed dataset directory written by `idcscan prepare`."),
     report: Path = typer.Option(..., "--out", "-o", help="Directory for the report (replaced)."),
     split: str = typer.Option("test", help=f"Split to evaluate: {', '.join(SPLITS)}."),

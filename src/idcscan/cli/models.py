@@ -1,5 +1,5 @@
 """CLI commands about model bundles: ``quantize`` a bundle, build the ``demo`` bundle, print a
-bundle's ``card``."""
+bundle's ``card``, list the shipped ``models``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from pathlib import Path
 import typer
 
 from idcscan.cli.app import app, console, out, print_disclaimer
+from idcscan.cli.arguments import BUNDLE_HELP
 from idcscan.errors import IdcscanError
 
 
 @app.command()
 def quantize(
-    bundle: Path = typer.Argument(
-        ..., help="Bundle directory to convert (model.onnx + model.json)."
-    ),
+    bundle: Path = typer.Argument(..., help=BUNDLE_HELP, show_default=False),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the new bundle."),
     calibration: Path | None = typer.Option(
         None,
@@ -121,7 +120,7 @@ def demo(
 
 @app.command()
 def card(
-    bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
+    bundle: Path = typer.Argument(..., help=BUNDLE_HELP, show_default=False),
     report: Path | None = typer.Option(
         None, help="The `idcscan evaluate` folder of this bundle (default: found next to it)."
     ),
@@ -140,3 +139,26 @@ def card(
     link = os.path.relpath(folder / "report.md") if folder is not None else None
     out.print(card_markdown(readable_card(loaded.card, load_report(folder), link)),
               markup=False, highlight=False)  # the card carries the disclaimer
+
+
+@app.command()
+def models() -> None:
+    """List the models that ship with idcscan: name, network, what data, expected accuracy."""
+    from rich.table import Table
+
+    from idcscan.runtime.bundle import load_bundle
+    from idcscan.runtime.model_card import shipped_summary
+    from idcscan.runtime.shipped import DEFAULT, shipped_models
+
+    found = shipped_models()
+    if not found:
+        raise IdcscanError("This install ships no model; train one with `idcscan train`.")
+    table = Table(title="Shipped models (use the name wherever a BUNDLE is asked for)")
+    for column in ("name", "network", "trained on", "expected on new patients"):
+        table.add_column(column)
+    for model in found:
+        summary = shipped_summary(load_bundle(model.path).card)
+        name = f"{model.name}\n({DEFAULT})" if model.is_default else model.name
+        table.add_row(name, summary["network"], summary["data"], summary["expected"])
+    out.print(table)
+    print_disclaimer()

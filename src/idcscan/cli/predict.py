@@ -8,14 +8,14 @@ import typer
 from rich.markup import escape
 
 from idcscan.cli.app import app, console, out, print_disclaimer, print_warning
-from idcscan.cli.arguments import runtime_option
+from idcscan.cli.arguments import BUNDLE_HELP, runtime_option
 from idcscan.errors import IdcscanError
 from idcscan.progress import progress_bar
 
 
 @app.command()
 def predict(
-    bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
+    bundle: Path = typer.Argument(..., help=BUNDLE_HELP, show_default=False),
     inputs: list[Path] = typer.Argument(
         ...,
         metavar="INPUT...",

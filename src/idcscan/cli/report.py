@@ -16,7 +16,8 @@ def report(
         None, help="CSV with columns slide and patient: adds a per-patient table."
     ),
     bundle: Path | None = typer.Option(
-        None, help="Model bundle to show the card of (default: OUT/model_card.json if there)."
+        None, help="Model to show the card of: a shipped model's name or a bundle folder "
+        "(default: OUT/model_card.json if there)."
     ),
 ) -> None:
     """Write OUT/report.html: every slide with its IDC map, fraction, areas, QC and errors.

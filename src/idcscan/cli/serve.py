@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from idcscan.cli.app import app, console, print_disclaimer
-from idcscan.cli.arguments import apply_runtime, runtime_option
+from idcscan.cli.arguments import BUNDLE_HELP, apply_runtime, runtime_option
 from idcscan.errors import IdcscanError
 
 
@@ -31,7 +31,8 @@ def _check_port(host: str, port: int) -> None:
 
 @app.command()
 def serve(
-    bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
+    bundle: Path = typer.Argument(
+        Path("default"), help=BUNDLE_HELP + " Default: default.", show_default=False),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
     port: int = typer.Option(5000, min=1, max=65535, help="TCP port."),
     max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest accepted upload (MB)."),

@@ -8,13 +8,13 @@ from pathlib import Path
 import typer
 
 from idcscan.cli.app import app, console, out, print_disclaimer, print_warning
-from idcscan.cli.arguments import runtime_option
+from idcscan.cli.arguments import BUNDLE_HELP, runtime_option
 from idcscan.errors import IdcscanError
 
 
 @app.command()
 def slide(
-    bundle: Path = typer.Argument(..., help="Model bundle directory (model.onnx + model.json)."),
+    bundle: Path = typer.Argument(..., help=BUNDLE_HELP, show_default=False),
     inputs: list[Path] = typer.Argument(
         ...,
         help="Slides or large images (SVS, NDPI, pyramidal TIFF, MRXS*, PNG, JPEG, TIFF) or "

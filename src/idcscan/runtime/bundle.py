@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from idcscan import DISCLAIMER
 from idcscan.errors import IdcscanError
+from idcscan.runtime.shipped import resolve_bundle_path
 from idcscan.preprocessing import Preprocessing
 
 FORMAT_VERSION = 1
@@ -108,8 +109,8 @@ def _check_card_digest(card_path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Read and check a bundle directory (or its model.json)."""
-    path = Path(path)
+    """Read and check a bundle directory (or its model.json), or a shipped model by name."""
+    path = resolve_bundle_path(path)
     if path.is_file() and path.name == CARD_NAME:
         path = path.parent
     card_path = path / CARD_NAME

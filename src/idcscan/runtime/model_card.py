@@ -331,3 +331,27 @@ def card_markdown(readable: dict[str, Any]) -> str:
         if section.get("link"):
             lines += [f"{section['link']['text']}: {section['link']['href']}", ""]
     return "\n".join(lines)
+
+
+def shipped_summary(card: ModelCard) -> dict[str, str]:
+    """One line each on a model's network, data and expected accuracy (``idcscan models``)."""
+    extra = card.model_extra or {}
+    tta = extra.get("tta") or {}
+    members = len(extra.get("members") or []) or 1
+    network = (f"{card.backbone} at {card.input_size} px"
+               + (f", {members} models averaged" if members > 1 else "")
+               + (f", {tta.get('views')} TTA views" if tta.get("in_graph") else ""))
+    data = card.data or {}
+    patients, patches = data.get("n_patients"), data.get("n_patches")
+    trained = ", ".join(x for x in (
+        data.get("dataset") or _name(data.get("source") or "not recorded"),
+        f"{patients} patients" if patients else "",
+        f"{patches:,} patches" if isinstance(patches, int) else "") if x)
+    expected = extra.get("expected_accuracy") or {}
+    if expected.get("auc") is not None:
+        estimate = (f"AUC {expected['auc']:.3f}, balanced accuracy "
+                    f"{expected.get('balanced_accuracy', float('nan')):.3f} "
+                    f"({expected.get('method', 'cross-validation')})")
+    else:
+        estimate = "not measured"
+    return {"network": network, "data": trained, "expected": estimate}
