@@ -108,3 +108,20 @@ def test_provenance_records_counts_and_split(prepared_data):
 def test_missing_dataset_says_what_to_run(tmp_path):
     with pytest.raises(IdcscanError, match="idcscan prepare"):
         IDCDataModule(tmp_path).load()
+
+
+def test_train_on_val_trains_on_every_patient_and_still_monitors_validation(prepared_data):
+    plain = IDCDataModule(prepared_data, batch_size=16, seed=0)
+    every = IDCDataModule(prepared_data, batch_size=16, seed=0, train_on_val=True)
+    assert every.n_train == plain.n_train + len(plain.val_labels)
+    assert len(every.val_labels) == len(plain.val_labels)  # validation still measured
+
+
+def test_train_on_val_refuses_choices_made_on_validation(tmp_path):
+    from idcscan.training.config import TrainConfig
+
+    TrainConfig(data="d", out="o", train_on_val=True).validate()  # the default recipe is fine
+    for bad in ({"select": "best"}, {"calibration": "temperature"},
+                {"threshold_rule": "balanced"}):
+        with pytest.raises(IdcscanError, match="--train-on-val"):
+            TrainConfig(data="d", out="o", train_on_val=True, **bad).validate()

@@ -108,7 +108,7 @@ def demo(
     seed: int = typer.Option(0, help="Seed for data, split and training."),
 ) -> None:
     """Build the demo bundle (cached) and its evaluation report; `make demo` then serves it."""
-    from idcscan.training.demo import build_demo
+    from idcscan.training.pipelines import build_demo
 
     result = build_demo(out_dir, minutes=minutes, data=data, seed=seed)
     state = "trained" if result.trained else "reused (cached)"
@@ -161,4 +161,34 @@ def models() -> None:
         name = f"{model.name}\n({DEFAULT})" if model.is_default else model.name
         table.add_row(name, summary["network"], summary["data"], summary["expected"])
     out.print(table)
+    print_disclaimer()
+
+
+@app.command("build-shipped")
+def build_shipped(
+    kaggle: Path = typer.Argument(..., help="The Kaggle patches (IDC_regular_ps50_idx5/ or its "
+                                            "parent)."),
+    out_dir: Path = typer.Option(..., "--out", help="Where the bundle goes (the package's "
+                                                    "src/idcscan/shipped/NAME to ship it)."),
+    work: Path = typer.Option(Path("shipped-build"), help="Working folder: packed data and "
+                                                          "the members' runs (resumable)."),
+    oof: list[Path] = typer.Option(
+        [], help="Out-of-fold predictions of each member's recipe under CV (one CSV per "
+                 "member, in order): the card's expected accuracy comes from them."),
+) -> None:
+    """Rebuild the shipped model from the Kaggle data: the recipe chosen under CV, trained on
+    every patient with a fixed seed (docs/MODELS.md)."""
+    import shlex
+    import sys
+
+    from idcscan.training.pipelines import SHIPPED_RECIPE
+    from idcscan.training.pipelines import build_shipped as build
+
+    command = shlex.join(["idcscan", *sys.argv[1:]])
+    with console.status(f"Training {len(SHIPPED_RECIPE.members)} member(s) of "
+                        f"{SHIPPED_RECIPE.name} on every patient..."):
+        result = build(kaggle, out_dir, work, oof=oof, command=command)
+    card = result.bundle.card
+    out.print(f"{card.name}: {result.bundle.path} ({card.data.get('n_patients')} patients, "
+              f"{card.data.get('n_patches'):,} patches)", highlight=False, soft_wrap=True)
     print_disclaimer()

@@ -64,6 +64,10 @@ RECIPE: list[tuple[str, Any, Any]] = [
     ("patient_balance", float, typer.Option(
         _D.patient_balance, help="Sample each patch with weight (its patient's patch count) ** "
                                  "-VALUE: 0 every patch alike, 1 every patient alike.")),
+    ("train_on_val", bool, typer.Option(
+        _D.train_on_val, "--train-on-val/--no-train-on-val",
+        help="Train on the validation patients too (a final model on every patient; needs "
+             "--select last, --calibration none, a fixed threshold).")),
     ("augment", str, typer.Option(
         _D.augment, help="hed (flips, 90° rotations, light HED stain jitter) | basic (flips "
         "and 90° rotations only) | default | strong.")),

@@ -109,7 +109,8 @@ class EvalBatches(Dataset):
         return self.images[sl], self.labels[sl]
 
 
-def split_tensors(data: PackedDataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def split_tensors(data: PackedDataset, split: str | tuple[str, ...]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     part = data.subset(split)
     images = torch.from_numpy(np.ascontiguousarray(part.images()))
     labels = torch.from_numpy(part.label.astype(np.int64))
@@ -122,7 +123,7 @@ class IDCDataModule(L.LightningDataModule):
     def __init__(self, data_dir: str | Path, batch_size: int = 64, seed: int = 0,
                  num_workers: int = 0, augment: AugmentConfig | None = AugmentConfig(),
                  eval_batch_size: int = 256, splits: str | Path | None = None,
-                 patient_balance: float = 0.0) -> None:
+                 patient_balance: float = 0.0, train_on_val: bool = False) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
         #: Optional splits file (row, split) that overrides index.csv's split column.
@@ -134,6 +135,9 @@ class IDCDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         #: Exponent of ``patient_weights`` (0: every patch once per pass, in a permutation).
         self.patient_balance = patient_balance
+        #: Train on the validation patients too (validation then only monitors, in-sample):
+        #: for a final model on every patient, whose accuracy comes from cross-validation.
+        self.fit_splits: tuple[str, ...] = ("train", "val") if train_on_val else ("train",)
         self.epoch_steps: list[int] = []
         self.packed: PackedDataset | None = None
         self.train_images = self.train_labels = self.val_images = self.val_labels = None
@@ -151,7 +155,7 @@ class IDCDataModule(L.LightningDataModule):
                     "val patients (re-run `idcscan prepare` with --val-frac > 0)."
                 )
         self.packed = data
-        self.train_images, self.train_labels = split_tensors(data, "train")
+        self.train_images, self.train_labels = split_tensors(data, self.fit_splits)
         self.val_images, self.val_labels = split_tensors(data, "val")
         for split, labels in (("train", self.train_labels), ("val", self.val_labels)):
             if labels.min() == labels.max():
@@ -183,7 +187,8 @@ class IDCDataModule(L.LightningDataModule):
         self.load()
         if not self.patient_balance:
             return None
-        return patient_weights(self.packed.subset("train").patient, self.patient_balance)
+        return patient_weights(self.packed.subset(self.fit_splits).patient,
+                               self.patient_balance)
 
     def class_counts(self) -> tuple[float, float]:
         """(negatives, positives) in the train split, as the sampler draws them: with

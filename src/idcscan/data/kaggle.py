@@ -7,6 +7,7 @@ deduplicated by name. Checks here need only the path; decoding happens in ``pack
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import re
@@ -222,3 +223,15 @@ def download(out: str | Path | None = None, timeout: float = 10.0) -> Path:
         link.symlink_to(path, target_is_directory=True)
         path = link
     return path
+
+
+def content_digest(src: str | Path) -> str:
+    """sha256 over every patch file a scan finds, in scan order: name and bytes. Two copies
+    of the data set with the same patches give the same digest wherever they lie, and a
+    model card that records it says exactly which patches a model saw."""
+    digest = hashlib.sha256()
+    for patch in scan(src).files:
+        data = patch.path.read_bytes()
+        digest.update(f"{patch.path.name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()

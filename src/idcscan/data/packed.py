@@ -43,13 +43,16 @@ class PackedDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def subset(self, split: str | None) -> "PackedDataset":
-        """The entries of one split (None: all), sharing the memory map."""
+    def subset(self, split: str | tuple[str, ...] | None) -> "PackedDataset":
+        """The entries of one split, or of several (a tuple), or all (None), sharing the
+        memory map."""
         if split is None:
             return self
-        if split not in SPLITS:
-            raise IdcscanError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
-        keep = self.split == split
+        wanted = (split,) if isinstance(split, str) else tuple(split)
+        for name in wanted:
+            if name not in SPLITS:
+                raise IdcscanError(f"Unknown split {name!r}; choose one of {', '.join(SPLITS)}.")
+        keep = np.isin(self.split, wanted)
         if not keep.any():
             raise IdcscanError(f"{self.root} has no patches in split {split!r}.")
         return PackedDataset(

@@ -10,6 +10,8 @@ patients it never saw, is what ``thresholds`` reports.
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,4 +192,25 @@ def summarize_folds(records: list[dict[str, Any]], tests: list[dict[str, np.ndar
     result["pooled"] = pooled
     result["thresholds"] = threshold_study(records, tests, vals)
     result["calibration"] = calibration_study(tests, records)
+    return result
+
+
+def oof_estimate(csvs: list[Path], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Expected accuracy on new patients from out-of-fold predictions: each CSV (``row,
+    patient, fold, label, probability``, as ``idcscan cv`` writes) is one member of a model,
+    scored on patients its fold never saw; members are averaged by patch, as an ensemble
+    graph averages P(IDC). Metrics at the 50% call with patient-bootstrap 95% intervals."""
+    runs = []
+    for path in csvs:
+        with open(path, newline="") as fh:
+            runs.append({(int(r["row"]), int(r["fold"])): r for r in csv.DictReader(fh)})
+    keys = sorted(runs[0])
+    if any(run.keys() != runs[0].keys() for run in runs[1:]):
+        raise IdcscanError("The out-of-fold files did not score the same patches in the same "
+                           "folds; an ensemble estimate needs one cross-validation plan.")
+    labels = np.array([int(runs[0][k]["label"]) for k in keys])
+    patients = np.array([runs[0][k]["patient"] for k in keys])
+    probs = np.mean([[float(run[k]["probability"]) for k in keys] for run in runs], axis=0)
+    result = summarize(labels, probs, patients, threshold=0.5, n_boot=n_boot, seed=seed)
+    result["folds"] = int(len({k[1] for k in keys}))
     return result

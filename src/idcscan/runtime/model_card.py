@@ -93,9 +93,13 @@ def _confusion(
     }
 
 
-def validation_use(select: str, calibration: str, threshold_rule: str) -> str:
+def validation_use(select: str, calibration: str, threshold_rule: str,
+                   train_on_val: bool = False) -> str:
     """What the validation patients decided, for "Use of splits": a reader judges the
     validation figures by whether they also chose what they measure."""
+    if train_on_val:
+        return ("train and validation splits, i.e. every patient; the validation figures are "
+                "in-sample (those patients were trained on) and only monitored training")
     uses = []
     if select == "best":
         uses.append("checkpoint choice")
@@ -115,7 +119,8 @@ def _use_of_splits(card: ModelCard) -> str | None:
     sentence that named every use whether or not the recipe made it)."""
     config = (card.training or {}).get("config") or {}
     if all(k in config for k in ("select", "calibration", "threshold_rule")):
-        return validation_use(config["select"], config["calibration"], config["threshold_rule"])
+        return validation_use(config["select"], config["calibration"], config["threshold_rule"],
+                              bool(config.get("train_on_val")))
     return (card.data or {}).get("trained_on")
 
 
@@ -131,7 +136,7 @@ def _data_section(card: ModelCard) -> dict[str, Any]:
     if patients:
         parts = []
         for split, label in (("train", "train"), ("val", "validation"), ("test", "test")):
-            if split in patients:
+            if patients.get(split):
                 n = (counts.get(split) or {}).get("total")
                 parts.append(f"{label} {patients[split]}" + (f" ({n:,} patches)" if n else ""))
         rows.append(["Patients", " · ".join(parts)])
@@ -157,8 +162,10 @@ def _validation_section(card: ModelCard) -> dict[str, Any] | None:
     if not isinstance(val, dict):
         return None
     rows = [[label, _num(val.get(key))] for key, label in _METRICS if key in val]
+    in_sample = bool(((card.training or {}).get("config") or {}).get("train_on_val"))
     section: dict[str, Any] = {
-        "title": "Validation (patients held out from training)",
+        "title": "Validation (in-sample: these patients were trained on too)" if in_sample
+        else "Validation (patients held out from training)",
         "rows": rows,
     }
     if val.get("n_patients"):
@@ -170,6 +177,19 @@ def _validation_section(card: ModelCard) -> dict[str, Any] | None:
                                           "Validation patches at the review threshold",
                                           ("not flagged", "flagged for review"))
     return section
+
+
+def _expected_section(expected: dict[str, Any]) -> dict[str, Any]:
+    """What to expect on new patients, from cross-validation: an estimate with its interval."""
+    rows = []
+    for key, label in (("auc", "AUC"), ("balanced_accuracy", "Balanced accuracy"), ("f1", "F1")):
+        if expected.get(key) is None:
+            continue
+        low, high = (expected.get("ci95") or {}).get(key) or (None, None)
+        rows.append([label, _num(expected[key]) + (f" (95% CI {_num(low)}–{_num(high)})"
+                                                   if low is not None else "")])
+    rows.append(["How it was measured", str(expected.get("method", "not recorded"))])
+    return {"title": "Expected accuracy on new patients (an estimate)", "rows": rows}
 
 
 def _test_section(report: dict[str, Any], link: str | None) -> dict[str, Any]:
@@ -289,7 +309,13 @@ def readable_card(
         "review_threshold": card.threshold,
         "slide_area": _slide_area_text(card),
     }
+    extra = card.model_extra or {}
     sections = [{"title": "Model", "rows": model_rows}, _data_section(card)]
+    if isinstance(extra.get("expected_accuracy"), dict):
+        sections.append(_expected_section(extra["expected_accuracy"]))
+    if extra.get("limits"):
+        sections.append({"title": "Limits", "rows": [[str(i), str(text)] for i, text in
+                                                     enumerate(extra["limits"], start=1)]})
     validation = _validation_section(card)
     if validation:
         sections.append(validation)

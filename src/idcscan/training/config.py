@@ -85,6 +85,10 @@ class TrainConfig:
     #: count) ** -patient_balance, with replacement (0: every patch once per pass; 1: every
     #: patient equally often). ``data.datamodule.patient_weights``.
     patient_balance: float = 0.0
+    #: Train on the validation split's patients too; validation then only monitors (its
+    #: figures are in-sample). For a final model on every patient: nothing may be chosen on
+    #: validation, so it needs --select last, --calibration none and a fixed threshold.
+    train_on_val: bool = False
     #: Augmentation preset: "hed" (flips, 90-degree rotations and light HED stain jitter;
     #: +0.009 balanced accuracy over "basic" under 5-fold CV, docs/RESULTS.md), "basic" (the
     #: geometry alone), "default", "strong".
@@ -172,6 +176,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name.replace('_', '-')} must be one of "
                                 f"{', '.join(allowed)} (got {getattr(self, name)!r})")
+        if self.train_on_val and (self.select != "last" or self.calibration != "none"
+                                  or self.threshold_rule == "balanced"):
+            problems.append("--train-on-val leaves no patients to choose on: it needs --select "
+                            "last, --calibration none and a fixed --threshold-rule")
         if not 0 <= self.patient_balance <= 1:
             problems.append("--patient-balance must be between 0 and 1")
         if self.hed_sigma is not None and not 0 <= self.hed_sigma < 1:

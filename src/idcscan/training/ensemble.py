@@ -1,4 +1,5 @@
-"""Fold ensembles: one bundle whose ONNX graph averages the folds' calibrated P(IDC).
+"""Ensembles: one bundle whose ONNX graph averages its members' calibrated P(IDC) (the folds
+of a cross-validation, or the shipped model's members), and weights stored at half size.
 
 The fold bundles' graphs are merged as they are (names prefixed per fold, the ``image`` input
 shared), each member's logit is calibrated with its own temperature, the probabilities are
@@ -113,6 +114,17 @@ def build_ensemble(member_dirs: Sequence[str | Path], out_dir: str | Path, thres
     onnx.save(merge_graphs(bundles), str(tmp))
     tmp.replace(onnx_path)
     first = bundles[0].card
+    calibration = {"method": "members' temperatures, then mean probability", "temperature": 1.0}
+    training: dict[str, Any] = {"threshold_rule": threshold_rule,
+                                "member_config": first.training.get("config")}
+    if all(b.card.calibration.method == "none" for b in bundles):
+        # Class-balanced members average to a class-balanced P(IDC): keep saying so, and keep
+        # the class weighting the slide-area rule reads (runtime.labels.area_threshold).
+        calibration = {"method": "none", "temperature": 1.0}
+        weights = [b.card.training.get("pos_weight") for b in bundles]
+        if all(isinstance(w, int | float) and w > 0 for w in weights):
+            training["pos_weight"] = float(np.exp(np.mean(np.log(weights))))
+            training["prior_correction"] = 0.0
     tta = [(b.card.model_extra or {}).get("tta") for b in bundles]
     stains = [b.card.preprocessing.get("stain_norm") for b in bundles]
     preprocessing = dict(first.preprocessing)
@@ -126,16 +138,14 @@ def build_ensemble(member_dirs: Sequence[str | Path], out_dir: str | Path, thres
         "patch_size": first.patch_size,
         "mpp": first.mpp,
         "preprocessing": preprocessing,
-        "calibration": {"method": "members' temperatures, then mean probability",
-                        "temperature": 1.0},
+        "calibration": calibration,
         "threshold": float(threshold),
         "onnx_file": ONNX_NAME,
         "onnx_sha256": sha256_file(onnx_path),
         "metrics": metrics or {},
         "data": {**first.data, "trained_on": f"{len(bundles)} cross-validation folds: every "
                  "patient of the dataset trained all but one member"},
-        "training": {"threshold_rule": threshold_rule, "member_config": first.training.get(
-            "config")},
+        "training": training,
         "ensemble": {
             "combine": "mean of the members' calibrated P(IDC); logit = log(p / (1 - p)); cam "
                        "= mean of the members' maps",
@@ -151,3 +161,43 @@ def build_ensemble(member_dirs: Sequence[str | Path], out_dir: str | Path, thres
     }
     write_card(ModelCard.model_validate(card), out_dir)
     return load_bundle(out_dir)
+
+
+def halve_weights(model: onnx.ModelProto, min_size: int = 1024) -> onnx.ModelProto:
+    """Store large float32 weights as float16, each cast back to float32 at load.
+
+    The file is half the size (the shipped model must fit the wheel) and the engines still
+    compute in float32 (ONNX Runtime folds the casts at load): only the weights are rounded,
+    which moved P(IDC) by at most 0.001 on real patches.
+    """
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size >= min_size:
+            half = numpy_helper.from_array(array.astype(np.float16), f"{init.name}/fp16")
+            kept.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [init.name],
+                                          to=onnx.TensorProto.FLOAT))
+        else:
+            kept.append(init)
+    nodes = casts + list(graph.node)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
+def halve_bundle_weights(bundle_dir: str | Path) -> Bundle:
+    """``halve_weights`` on a bundle in place; its card records it and is sealed again."""
+    bundle = load_bundle(bundle_dir)
+    tmp = bundle.onnx_path.with_suffix(".onnx.tmp")
+    onnx.save(halve_weights(onnx.load(str(bundle.onnx_path))), str(tmp))
+    tmp.replace(bundle.onnx_path)
+    write_card(ModelCard.model_validate({
+        **bundle.card.model_dump(), "onnx_sha256": sha256_file(bundle.onnx_path),
+        "weights_storage": "float16, cast to float32 at load (computed in float32)"}),
+        bundle.path)
+    return load_bundle(bundle.path)

@@ -153,7 +153,7 @@ def finish(cfg: TrainConfig, run_dir: Path, module, dm, checkpoint, run_info: di
         threshold=threshold,
         metrics={"validation": validation},
         data={**dm.provenance(), "trained_on": validation_use(
-            cfg.select, cfg.calibration, cfg.threshold_rule)},
+            cfg.select, cfg.calibration, cfg.threshold_rule, cfg.train_on_val)},
         training=training,
     )
     check_onnx(net, tmp, dm.val_images[:32], tta=cfg.tta, views=cfg.tta_views)

@@ -216,7 +216,7 @@ def train(config: TrainConfig, started: float | None = None) -> TrainResult:
 
     dm = IDCDataModule(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed,
                        num_workers=cfg.num_workers, splits=cfg.splits,
-                       patient_balance=cfg.patient_balance)
+                       patient_balance=cfg.patient_balance, train_on_val=cfg.train_on_val)
     dm.load()
     stats = randstain_stats(_sample(dm.train_images, cfg.seed)) if cfg.randstain else None
     dm.augment = augment_preset(cfg.augment, cfg.hed_sigma, cfg.randstain, stats)
