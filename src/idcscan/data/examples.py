@@ -63,15 +63,19 @@ def _tissue_share(path: Path) -> float:
     return float(np.mean(rgb.min(axis=2) < 200))
 
 
+#: A patient with more patches than this is taken as complete (the shared subset's 21).
+COMPLETE_MIN = 200
+
+
 def choose_patches(src: Path, exclude: str, per_class: int = PATCHES_PER_CLASS,
-                   seed: int = 0) -> list[Any]:
+                   seed: int = 0, complete_min: int = COMPLETE_MIN) -> list[Any]:
     """Per class, one full-size patch (mostly tissue) from each of ``per_class`` complete
     patients other than ``exclude``, drawn with a fixed seed: no hand-picking."""
     files = scan(src).files
     counts: dict[str, int] = {}
     for f in files:
         counts[f.patient] = counts.get(f.patient, 0) + 1
-    complete = sorted(p for p, n in counts.items() if n > 200 and p != exclude)
+    complete = sorted(p for p, n in counts.items() if n > complete_min and p != exclude)
     rng = np.random.default_rng(seed)
     chosen = []
     for label in (1, 0):
@@ -87,20 +91,21 @@ def choose_patches(src: Path, exclude: str, per_class: int = PATCHES_PER_CLASS,
     return chosen
 
 
-def build_examples(src: str | Path, out: str | Path) -> dict[str, Any]:
+def build_examples(src: str | Path, out: str | Path, patient: str = SLIDE_PATIENT,
+                   complete_min: int = COMPLETE_MIN) -> dict[str, Any]:
     """Write ``out/patches/*.png``, ``out/slides/kaggle-patient-<id>.tif`` and their
     provenance ``out/examples.json``."""
     src, out = Path(src), Path(out)
     root = src / NESTED_DIR if (src / NESTED_DIR).is_dir() else src
-    patient_dir = root / SLIDE_PATIENT
+    patient_dir = root / patient
     if not patient_dir.is_dir():
-        raise IdcscanError(f"{src} has no patient {SLIDE_PATIENT}: point at the Kaggle patches.")
+        raise IdcscanError(f"{src} has no patient {patient}: point at the Kaggle patches.")
     if out.exists():
         shutil.rmtree(out)
     mosaic = build_mosaic(patient_dir)
     slide = write_pyramid_tiff(mosaic.image, out / SLIDES_DIR /
-                               f"kaggle-patient-{SLIDE_PATIENT}.tif", mosaic.mpp)
-    patches = choose_patches(src, exclude=SLIDE_PATIENT)
+                               f"kaggle-patient-{patient}.tif", mosaic.mpp)
+    patches = choose_patches(src, exclude=patient, complete_min=complete_min)
     (out / PATCHES_DIR).mkdir(parents=True)
     for patch in patches:
         shutil.copyfile(patch.path, out / PATCHES_DIR / patch.path.name)
@@ -111,7 +116,7 @@ def build_examples(src: str | Path, out: str | Path) -> dict[str, Any]:
                   "Kaggle. Cite Janowczyk & Madabhushi 2016 and Cruz-Roa et al. 2014.",
         "note": "These patients are in the shipped model's training data: their calls show "
                 "what idcscan does, not how accurate it is (docs/RESULTS.md says that).",
-        "slide": {"file": f"{SLIDES_DIR}/{slide.name}", "patient": SLIDE_PATIENT,
+        "slide": {"file": f"{SLIDES_DIR}/{slide.name}", "patient": patient,
                   "mpp": TRAINING_MPP, "width": mosaic.size[0], "height": mosaic.size[1],
                   "patches": len(mosaic.patches), "idc_patches": n_idc,
                   "made_by": "the patient's patches placed at their coordinates "
