@@ -160,15 +160,28 @@ def _train_member(prepared: Path, run: Path, recipe: ShippedRecipe,
     from idcscan.training.config import TrainConfig
     from idcscan.training.train import train
 
+    config = TrainConfig(data=str(prepared), out=str(run), finetune_epochs=recipe.finetune_epochs,
+                         tta_views=recipe.tta_views, seed=recipe.seed, train_on_val=True,
+                         progress=False, **settings)
     bundle = run / "bundle"
-    if _bundle_ok(bundle):  # a rebuild resumes member by member
+    if _bundle_ok(bundle) and _same_recipe(run, config):  # a rebuild resumes member by member
         return bundle
     if run.exists():
         shutil.rmtree(run)
-    train(TrainConfig(data=str(prepared), out=str(run), finetune_epochs=recipe.finetune_epochs,
-                      tta_views=recipe.tta_views, seed=recipe.seed, train_on_val=True,
-                      progress=False, **settings))
+    train(config)
     return bundle
+
+
+def _same_recipe(run: Path, config: Any) -> bool:
+    """Whether the finished run in ``run`` was trained with ``config`` (paths aside)."""
+    import json
+
+    try:
+        saved = json.loads((run / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return False
+    wanted = config.to_dict()
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in ("data", "out"))
 
 
 def build_shipped(kaggle: str | Path, out: str | Path, work: str | Path,
