@@ -1,6 +1,7 @@
 """`idcscan serve` beyond loopback: it makes a token, prints the address people can really open
-(with the token), refuses requests without it in every worker process, serves TLS when given a
-certificate, and warns where it should (no token, running as root)."""
+(with the token), refuses requests without it in every worker process, keeps it out of the
+access log, serves TLS when given a certificate, and warns where it should (no token, running
+as root)."""
 
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ def test_beyond_loopback_serve_makes_a_token_and_prints_the_real_address(
         tiny_bundle: Path, slides: Path, tmp_path: Path) -> None:
     port = free_port()
     served = Served([str(tiny_bundle), "--host", "0.0.0.0", "--port", str(port), "--workers",
-                     "2", "--slides", str(slides), "--maps", str(tmp_path / "maps")],
-                    tmp_path / "serve.log")
+                     "2", "--slides", str(slides), "--maps", str(tmp_path / "maps"),
+                     "--access-log"], tmp_path / "serve.log")
     local = f"http://127.0.0.1:{port}"
     try:
         served.wait_until(lambda: httpx.get(f"{local}/static/style.css", timeout=5))
@@ -117,6 +118,10 @@ def test_beyond_loopback_serve_makes_a_token_and_prints_the_real_address(
             assert http.get("/api/slides", headers={"host": "evil.example"}).status_code == 400
     finally:
         served.stop()
+    # the access log has the request, not the token (printed once, at start-up)
+    log = served.text()
+    assert '"GET /?token=[redacted] HTTP/1.1" 303' in log
+    assert log.count(token) == 2  # the address and the browse line, both at start-up
 
 
 def test_no_token_beyond_loopback_is_warned_and_a_clash_refused(

@@ -123,6 +123,8 @@ def _lock(request: Request) -> asyncio.Semaphore:
         400: {"description": "No usable upload, a broken image or a bad option."},
         413: {"description": "Too many bytes or pixels."},
         415: {"description": "An image format idcscan does not decode."},
+        422: {"description": "More tiles than one map may have (a scale or stride too fine "
+                             "for the image)."},
     },
     openapi_extra=multipart_body("file", many=False),
 )
