@@ -22,12 +22,10 @@ reads at its next batch of tiles, whichever process that is.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import threading
-import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +36,10 @@ from idcscan.errors import IdcscanError
 from idcscan.maps.mapper import SUMMARY_JSON, ScaleWarning, SlideOptions
 from idcscan.maps.run import analyse_slide
 from idcscan.runtime.predictor import Predictor
-from idcscan.server.map_queue import PRIVATE_FILE, JobQueue, QueueFull, client_key
+from idcscan.server.map_queue import (
+    PRIVATE_FILE, JobQueue, QueueFull, client_key, lock_is_free, make_private, private_dir,
+    take_lock,
+)
 from idcscan.server.slide_library import SlideEntry, one_line
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,6 @@ class MapCancelled(Exception):
 JOB_FILE = ".job.json"
 LOCK_FILE = ".job.lock"
 CANCEL_FILE = ".cancel"
-PRIVATE_DIR = 0o700
-#: How often ``start`` retries a lock it found taken: a status probe in another process holds
-#: a shared lock for microseconds, and a click must not be lost to it.
-LOCK_TRIES = 5
 
 
 def _write_job(path: Path, job: MapJob) -> None:
@@ -104,53 +101,6 @@ def _read_job(path: Path) -> MapJob | None:
         return None
 
 
-def _lock_is_free(path: Path) -> bool:
-    """True when no process holds the job lock (its job, if any, is not running)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing drops the shared lock we may have taken
-    return True
-
-
-def _take_lock(path: Path) -> int | None:
-    """The job lock's descriptor, held exclusively; None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
-    for attempt in range(LOCK_TRIES):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if attempt + 1 < LOCK_TRIES:
-                time.sleep(0.01)
-    os.close(fd)
-    return None
-
-
-def _private_dir(path: Path, ours: bool = True) -> None:
-    """``path`` as a folder only its owner can enter: made so, or set so if it is ``ours``
-    (the folder given to --maps is the user's, and keeps the mode they gave it)."""
-    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    if ours and path.stat().st_mode & 0o777 != PRIVATE_DIR:
-        path.chmod(PRIVATE_DIR)
-
-
-def _make_private(folder: Path) -> None:
-    """A finished map folder: 0700 folders, 0600 files (analyse_slide writes with the umask)."""
-    folder.chmod(PRIVATE_DIR)
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames:
-            os.chmod(os.path.join(dirpath, name), PRIVATE_DIR)
-        for name in filenames:
-            os.chmod(os.path.join(dirpath, name), PRIVATE_FILE)
-
-
 class MapStore:
     """``max_jobs``: maps queued or running server-wide; ``max_tiles``: the largest grid one
     job may map (``SlideOptions.max_tiles``)."""
@@ -170,7 +120,7 @@ class MapStore:
         self._mapper: Predictor | None = None
 
     def _holds_lock(self, slide_id: str) -> bool:
-        return not _lock_is_free(self.root / slide_id / LOCK_FILE)
+        return not lock_is_free(self.root / slide_id / LOCK_FILE)
 
     def _map_predictor(self) -> Predictor:
         """A predictor with every core for mapping: the serving one of a worker process has
@@ -205,7 +155,7 @@ class MapStore:
         """The job the processes sharing this folder recorded for the slide."""
         base = self.root / entry.id
         job = _read_job(base / JOB_FILE)
-        if job is not None and job.state in ACTIVE and _lock_is_free(base / LOCK_FILE):
+        if job is not None and job.state in ACTIVE and lock_is_free(base / LOCK_FILE):
             job = _read_job(base / JOB_FILE)  # it may have ended between the two reads
             if job is not None and job.state in ACTIVE:
                 job.state = "failed"
@@ -249,9 +199,9 @@ class MapStore:
             return MapJob(state="done").as_dict()
         base = self.root / entry.id
         try:
-            _private_dir(self.maps_root, ours=False)
-            _private_dir(self.root)
-            _private_dir(base)
+            private_dir(self.maps_root, ours=False)
+            private_dir(self.root)
+            private_dir(base)
             with self.queue.admission():
                 return self._enter(entry, base, mpp, client_key(client), replace)
         except OSError as exc:
@@ -269,7 +219,7 @@ class MapStore:
 
     def _enter(self, entry: SlideEntry, base: Path, mpp: float | None, client: str,
                replace: bool) -> dict[str, Any]:
-        fd = _take_lock(base / LOCK_FILE)
+        fd = take_lock(base / LOCK_FILE)
         if fd is None:  # another server process is mapping it
             return self._already(entry, self.status(entry), replace)
         try:
@@ -371,7 +321,7 @@ class MapStore:
                 )  # fmt: skip
             made = self.folder(entry)
             if made is not None:
-                _make_private(made)
+                make_private(made)
             # the recorder sees every thread's warnings: keep the ones about this map's scale
             job.warnings = tuple(self.redact(entry, str(w.message)) for w in caught
                                  if issubclass(w.category, ScaleWarning))  # fmt: skip

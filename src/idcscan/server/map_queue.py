@@ -11,6 +11,10 @@ long as it holds its slide's job lock. Admission runs under an exclusive ``flock
 ``<root>/.queue.lock``, so two processes cannot both take the last place. A ticket whose slide
 lock is free belongs to a process that died: it is dropped at the next admission, never left
 to block the queue. Clients are kept as a hash of their address, not the address.
+
+The file locks and modes every process's jobs share live here too: a job's lock (held for as
+long as the job is queued or running), folders only the server's user can open (0700) and
+files only it can read (0600).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +34,57 @@ from idcscan.errors import IdcscanError
 QUEUE_DIR = ".queue"
 ADMISSION_LOCK = ".queue.lock"
 PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+#: How often ``take_lock`` retries a lock it found taken: a status probe in another process
+#: holds a shared lock for microseconds, and a click must not be lost to it.
+LOCK_TRIES = 5
+
+
+def lock_is_free(path: Path) -> bool:
+    """True when no process holds the job lock (its job, if any, is not running)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the shared lock we may have taken
+    return True
+
+
+def take_lock(path: Path) -> int | None:
+    """The job lock's descriptor, held exclusively; None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if attempt + 1 < LOCK_TRIES:
+                time.sleep(0.01)
+    os.close(fd)
+    return None
+
+
+def private_dir(path: Path, ours: bool = True) -> None:
+    """``path`` as a folder only its owner can enter: made so, or set so if it is ``ours``
+    (the folder given to --maps is the user's, and keeps the mode they gave it)."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    if ours and path.stat().st_mode & 0o777 != PRIVATE_DIR:
+        path.chmod(PRIVATE_DIR)
+
+
+def make_private(folder: Path) -> None:
+    """A finished map folder: 0700 folders, 0600 files (analyse_slide writes with the umask)."""
+    folder.chmod(PRIVATE_DIR)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), PRIVATE_DIR)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), PRIVATE_FILE)
 
 
 class QueueFull(IdcscanError):

@@ -36,7 +36,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
@@ -224,6 +224,16 @@ class SecurityMiddleware:
         self.app = app
         self.policy = policy
         self.cookie_value = policy.cookie_value() if policy.token else ""
+        self._hosts: dict[str, bool] = {}  # Host header -> allowed (a handful of values)
+
+    def host_ok(self, host: str) -> bool:
+        known = self._hosts.get(host)
+        if known is None:
+            if len(self._hosts) > 256:  # random Host values only cost the check itself
+                self._hosts.clear()
+            known = self._hosts[host] = host_allowed(split_host(host)[0],
+                                                     self.policy.allowed_hosts)
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan; the app has no websockets
@@ -232,8 +242,8 @@ class SecurityMiddleware:
         headers = Headers(scope=scope)
         send = self._decorated(scope, send)
         host = headers.get("host", "")
-        name, _ = split_host(host)
-        if not host_allowed(name, self.policy.allowed_hosts):
+        if not self.host_ok(host):
+            name = split_host(host)[0]
             await _send(send, _json(400, (
                 f"This server does not answer to the host name {name!r}: a guard against DNS "
                 "rebinding. If that is its name, start it with --allowed-host "
@@ -299,7 +309,8 @@ class SecurityMiddleware:
         site, because a SameSite=Strict cookie set in a cross-site navigation is not sent
         on the redirect that follows it."""
         rest = urlencode([(k, v) for k, v in query if k != "token"])
-        target = "/" + scope["path"].lstrip("/") + (f"?{rest}" if rest else "")
+        path = quote("/" + scope["path"].lstrip("/"), safe="/:@!$&'()*+,;=-._~")
+        target = path + (f"?{rest}" if rest else "")  # on this server, never "//elsewhere"
         cookie = (f"{self.cookie_name(scope)}={self.cookie_value}; Path=/; HttpOnly; "
                   "SameSite=Strict" + ("; Secure" if scope.get("scheme") == "https" else ""))
         set_cookie = [(b"set-cookie", cookie.encode("latin-1"))]
@@ -309,8 +320,7 @@ class SecurityMiddleware:
                 200, "Signed in", f'Opening <a href="{shown}">{html.escape(target)}</a>…',
                 set_cookie, head=f'<meta http-equiv="refresh" content="0; url={shown}">'))
             return
-        location = target.encode("latin-1", "replace")
-        await _send(send, (303, set_cookie + [(b"location", location)], b""))
+        await _send(send, (303, set_cookie + [(b"location", target.encode("ascii"))], b""))
 
     # -- headers ------------------------------------------------------------------------
     def _decorated(self, scope: Scope, send: Send) -> Send:
