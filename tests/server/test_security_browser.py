@@ -4,7 +4,8 @@ needs a token: through the address `idcscan serve` printed, once, then by its co
 Headless Chromium opens the token address, then the Patches page (a prediction, whose meter
 is drawn with styles set from script), the large-image page (an upload and its heatmap), the
 slide browser, the viewer (a map made from the page, its overlay, outlines and QC layers,
-and a slide mapped at a typed scale), Swagger UI at /docs and ReDoc at /redoc. Chromium
+and a slide mapped at a typed scale), Swagger UI at /docs (a request tried from it) and ReDoc
+at /redoc. Chromium
 reports anything the CSP refuses as a console error: there must be none, nor any other.
 Screenshots: test-artifacts/secure-*.png.
 """
@@ -101,6 +102,9 @@ def test_every_page_works_under_the_csp_through_the_token_address(
     listing = httpx.get(f"{server}/api/slides", headers={"authorization": f"Bearer {TOKEN}"},
                         timeout=60).json()
     ids = {s["path"]: s["id"] for s in listing}
+    page.wait_for_function(  # thumbnails come with the cookie too
+        "() => [...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)",
+        timeout=60_000)
     page.screenshot(path=str(artifacts_dir / "secure-browse.png"))
     page.goto(f"{server}/viewer?slide={ids['case-0042.tif']}")
     page.wait_for_function("() => window.osdViewer && window.osdViewer.world.getItemCount() > 0",
@@ -129,7 +133,14 @@ def test_every_page_works_under_the_csp_through_the_token_address(
     # the API description, both ways
     page.goto(f"{server}/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("idcscan", timeout=30_000)
-    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    # "Try it out" calls the API from the page, signed in by the cookie
+    health = page.locator(".opblock", has=page.locator(".opblock-summary-path",
+                                                       has_text="/health"))
+    health.locator(".opblock-summary").click()
+    health.get_by_role("button", name="Try it out").click()
+    health.get_by_role("button", name="Execute").click()
+    expect(health.locator(".live-responses-table tbody .response-col_status")).to_have_text(
+        "200", timeout=30_000)
     page.screenshot(path=str(artifacts_dir / "secure-docs.png"))
     page.goto(f"{server}/redoc")
     expect(page.get_by_text("Classify one image patch").first).to_be_visible(timeout=60_000)
