@@ -226,7 +226,8 @@ class MapRequest(BaseModel):
 
 MAP_ANSWERS: dict[int | str, dict[str, Any]] = {
     400: {"description": "No scale for a slide without one, or a scale out of range."},
-    409: {"description": "A re-map while the slide's map is under way."},
+    409: {"description": "A scale other than the one its finished map was made at (ask for "
+                         "a re-map), or a re-map while the slide's map is under way."},
     422: {"description": "More tiles than one job may map."},
     429: {"description": "The client has a map under way already, or the queue is full."},
 }
@@ -247,7 +248,7 @@ def _request_map(request: Request, viewer: Viewer, slide_id: str, body: MapReque
     starts = replace or state not in ("queued", "running", "done")
     if state == "done" and not replace and mpp is not None:
         made_at = _summary(viewer, entry).get("mpp")
-        if made_at != mpp:
+        if made_at is not None and made_at != mpp:
             raise MapBusy(f"{entry.relpath} was mapped at {made_at:g} µm/px; to map it at "
                           f"{mpp:g}, ask for a re-map (POST /api/slides/{entry.id}/map/remap).")
     if entry.mpp is None and mpp is None and starts:
