@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The in-process transports name the server "testserver" (Starlette's TestClient) and "test"
+# (the httpx ASGI tests): declared as its host names, the way a deployment declares its own
+# (IDCSCAN_ALLOWED_HOSTS, the environment form of `serve --allowed-host`; loopback names need
+# no declaring). A token in the shell that runs the suite must not change what tests see.
+os.environ["IDCSCAN_ALLOWED_HOSTS"] = "testserver test"
+os.environ.pop("IDCSCAN_TOKEN", None)
 
 
 @pytest.fixture(autouse=True)

@@ -214,7 +214,7 @@ def test_a_slide_without_scale_needs_mpp(client: TestClient) -> None:
     r = client.post(f"/api/slides/{sid}/map")
     assert r.status_code == 400
     error = r.json()["error"]
-    assert "vendor/boxes.tiff records no scale" in error and "?mpp=" in error
+    assert "vendor/boxes.tiff records no scale" in error and '{"mpp": ...} in the JSON body' in error
     assert "\n" not in error
     assert client.get(f"/api/slides/{sid}/map").json()["state"] == "none"
 

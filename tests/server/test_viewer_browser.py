@@ -51,13 +51,15 @@ def _zoom(page) -> float:
 
 
 def _settled(page) -> None:
+    # functions, not expressions: Playwright polls an expression with eval(), which the
+    # pages' Content-Security-Policy refuses
     page.wait_for_function(
-        "window.osdViewer && window.osdViewer.world.getItemCount() > 0"
+        "() => window.osdViewer && window.osdViewer.world.getItemCount() > 0"
         " && window.osdViewer.world.getItemAt(0).getFullyLoaded()",
         timeout=60_000,
     )
     page.wait_for_function(
-        "Math.abs(window.osdViewer.viewport.getZoom(true) - window.osdViewer.viewport.getZoom(false)) < 1e-6",
+        "() => Math.abs(window.osdViewer.viewport.getZoom(true) - window.osdViewer.viewport.getZoom(false)) < 1e-6",
         timeout=30_000,
     )
 
@@ -97,7 +99,7 @@ def test_browse_open_zoom_pan_map_and_read(
     damaged = page.locator("tr.slide-row--error", has_text="damaged")
     expect(damaged.locator(".slide-error")).to_contain_text("damaged.svs")
     page.wait_for_function(
-        "[...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)",
+        "() => [...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)",
         timeout=30_000,
     )
     page.screenshot(path=str(artifacts_dir / "slides-browse.png"), full_page=True)

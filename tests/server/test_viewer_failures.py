@@ -68,7 +68,7 @@ def test_a_picture_without_scale_is_never_mapped_at_a_guessed_one(
     assert str(slides_dir.resolve()) not in error
     assert client.get(f"/api/slides/{sid}/map").json()["state"] == "none"  # nothing started
 
-    r = client.post(f"/api/slides/{sid}/map?mpp=4")
+    r = client.post(f"/api/slides/{sid}/map", json={"mpp": 4})
     assert r.status_code == 202
     status = wait_for_map(client, sid)
     assert status["state"] == "done", status
@@ -85,7 +85,7 @@ def test_answers_never_show_where_the_slide_folder_lives(
 ) -> None:
     relpath = 'cases/Präparat "7".png'
     sid = ids(client)[relpath]
-    assert client.post(f"/api/slides/{sid}/map?mpp=4").status_code == 202
+    assert client.post(f"/api/slides/{sid}/map", json={"mpp": 4}).status_code == 202
     status = wait_for_map(client, sid)
     assert status["state"] == "done", status
     assert status["summary"]["path"] == relpath

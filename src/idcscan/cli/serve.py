@@ -51,10 +51,28 @@ def serve(
         None, help="Where maps made from the viewer are kept (default: ~/.cache/idcscan/maps).",
     ),
     runtime: str | None = runtime_option(),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", envvar="IDCSCAN_ALLOWED_HOSTS", metavar="NAME",
+        help="A host name (or *.domain) the server answers to besides loopback ones and the "
+        "address it listens on; repeatable. Others get 400 (a guard against DNS rebinding).",
+    ),
+    token: str | None = typer.Option(
+        None, envvar="IDCSCAN_TOKEN", show_default=False,
+        help="Require this token on every route but static files (Authorization: Bearer "
+        "TOKEN, or ?token= once in the browser). Default: none on loopback, a generated one "
+        "on any other address.",
+    ),
+    no_token: bool = typer.Option(
+        False, "--no-token", help="Serve beyond loopback without a token (warned against)."
+    ),
+    certfile: Path | None = typer.Option(
+        None, help="TLS certificate (PEM): serve https://."),
+    keyfile: Path | None = typer.Option(None, help="The certificate's private key (PEM)."),
 ) -> None:
     """Serve the dashboard and JSON API (/predict, /predict/batch, /health; docs at /docs).
     Research use only."""
     from idcscan.runtime.bundle import load_bundle
+    from idcscan.server.access import check_tls, plan_access
     from idcscan.server.runtime import default_workers, run_server
     from idcscan.server.state import ServerSettings
 
@@ -62,26 +80,34 @@ def serve(
     apply_runtime(runtime)  # every worker process reads it from the environment
     if slides is not None and not slides.is_dir():
         raise IdcscanError(f"--slides {slides} is not a folder; give the folder of your slides.")
+    check_tls(certfile, keyfile)
+    access = plan_access(host, port, token=token, no_token=no_token,
+                         allowed_hosts=allowed_host, tls=certfile is not None)
     _check_port(host, port)
     settings = ServerSettings(max_upload_mb=max_upload_mb, max_batch=max_batch)
     # With --slides too: map jobs and their progress live on disk beside the maps
     # (server.map_jobs), so any worker process can answer a browser's progress bar.
     workers = workers or default_workers()
-    shown = f"[{host}]" if ":" in host else host
-    if host in ("0.0.0.0", "::"):
-        shown = "127.0.0.1"
     card = loaded.card
     console.print(
         f"[bold]idcscan[/] serving [cyan]{card.name}[/] {card.version} ({card.backbone}) "
-        f"at [bold underline]http://{shown}:{port}/[/]  (API docs: http://{shown}:{port}/docs)"
+        f"at [bold underline]{access.urls[0]}[/]  (API docs: {access.bases[0]}/docs)"
         f", {workers} worker process{'es' if workers > 1 else ''}",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
+    for other in access.urls[1:]:
+        console.print(f"  also at {other}", highlight=False, soft_wrap=True)
+    if access.generated:
+        console.print("A token was generated: open the address above (it carries the token) "
+                      "or send the header Authorization: Bearer TOKEN. Give --token to choose "
+                      "one.", highlight=False)
     if slides is not None:
         console.print(
-            f"Slides in [cyan]{slides}[/]: browse them at http://{shown}:{port}/browse",
-            highlight=False,
+            f"Slides in [cyan]{slides}[/]: browse them at {access.url('/browse')}",
+            highlight=False, soft_wrap=True,
         )
+    for warning in access.warnings:
+        console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
     print_disclaimer()
     if card.demo:
         console.print(
@@ -95,4 +121,5 @@ def serve(
         # Every server process builds its viewer from these (see viewer_routes.get_viewer).
         os.environ[ENV_SLIDES] = str(slides.resolve())
         os.environ[ENV_MAPS] = str(maps.resolve()) if maps else ""
-    run_server(loaded, host, port, settings, workers=workers, access_log=access_log)
+    run_server(loaded, host, port, settings, workers=workers, access_log=access_log,
+               security=access.policy, certfile=certfile, keyfile=keyfile)

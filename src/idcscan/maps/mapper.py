@@ -63,6 +63,8 @@ class SlideOptions:
     prefetch: int = 2
     #: artefact QC (pen, blur, fold, bubble) before scoring; see ``idcscan.slides.qc``
     qc: QCParams = field(default_factory=QCParams)
+    #: refuse a grid of more tiles than this (a server's bound on one job; None: no bound)
+    max_tiles: int | None = None
 
 
 @dataclass
@@ -255,6 +257,17 @@ def thumbnail_downsample(width: int, height: int, tile: int) -> float:
     return max(ds, side / THUMB_MAX_SIDE, 1.0)
 
 
+class TooManyTiles(IdcscanError):
+    """A map whose grid has more tiles than the caller allows (a server answers 422)."""
+
+    def __init__(self, name: str, mpp: float, cols: int, rows: int, limit: int) -> None:
+        super().__init__(
+            f"{name} at {mpp:g} µm/px is a grid of {cols} x {rows} = {cols * rows:,} tiles; "
+            f"this server maps at most {limit:,} in one job (check the scale, or map it "
+            "with `idcscan slide`)."
+        )
+
+
 def map_slide(
     predictor: Predictor,
     reader: SlideReader,
@@ -290,6 +303,8 @@ def map_slide(
             stacklevel=2,
         )
     grid = plan_grid(reader, mpp, card.mpp, card.patch_size, options.stride)
+    if options.max_tiles is not None and grid.n_tiles > options.max_tiles:
+        raise TooManyTiles(reader.name, mpp, grid.cols, grid.rows, options.max_tiles)
 
     t0 = time.perf_counter()
     thumb_ds = thumbnail_downsample(grid.width, grid.height, grid.tile)

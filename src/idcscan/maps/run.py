@@ -57,18 +57,21 @@ def analyse_slide(
     out_dir: str | Path,
     options: SlideOptions = SlideOptions(),
     on_progress: ProgressFn | None = None,
+    recorded_path: str | None = None,
 ) -> SlideSummary:
     """Map one slide and write ``out_dir/<slide name>/`` (built aside, then renamed into place).
 
     A folder with ``summary.json`` is therefore always complete; an interrupted run leaves
     only a hidden ``.<name>.partial-<pid>`` folder, removed when the slide is done again.
+    ``recorded_path``: the slide's path as summary.json gives it (default ``path``; the
+    server gives its path under the slide folder, never where that folder lives).
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     name = slide_name(path)
     with open_slide(path) as reader:
         slide = map_slide(predictor, reader, options, name=name, on_progress=on_progress)
-    slide.path = str(path)
+    slide.path = str(path) if recorded_path is None else recorded_path
 
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)

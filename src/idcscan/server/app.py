@@ -7,12 +7,17 @@ live beside it: ``predict_routes`` (/predict, /predict/batch), ``slide_routes`` 
 Every error answer is JSON ``{"error": "..."}``: 400 for a bad request or a broken image,
 413 for too many bytes or pixels, 415 for an image format idcscan does not decode, 408 for an
 upload that came too slowly, 422 (with ``"use": "/slide"``) for an image far larger than a
-patch. The catch-all 500 exists for bugs; no input is meant to reach it.
+patch or a map of too many tiles, 409 and 429 for map jobs (one under way; the queue or the
+client's share of it full). The catch-all 500 exists for bugs; no input is meant to reach it.
+
+Before any route, ``server.security`` checks the Host (400), the Origin of changes (403) and
+the token when there is one (401), and puts the security headers on every answer.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
 import platform
 from contextlib import asynccontextmanager
@@ -34,12 +39,16 @@ from idcscan.runtime.labels import CALL_RULE, CONFIDENCE_RULE, FLAG_RULE
 from idcscan.runtime.model_card import find_report
 from idcscan.runtime.predictor import Predictor
 from idcscan.runtime.patch_size import MAX_PATCH_SIDE, NotAPatch
+from idcscan.maps.mapper import TooManyTiles
+from idcscan.server.map_jobs import MapBusy
+from idcscan.server.map_queue import QueueFull
 from idcscan.server.routes.card import NoReport
 from idcscan.server.routes.card import router as card_router
 from idcscan.server.routes.docs import install_docs
 from idcscan.server.routes.pages import page_response
 from idcscan.server.routes.predict import router as predict_router
 from idcscan.server.schemas import HealthResponse
+from idcscan.server.security import SecurityMiddleware, SecurityPolicy, redact_access_log
 from idcscan.server.state import ServerSettings, ServerState, get_state
 from idcscan.server.uploads import UploadTimeout, UploadTooLarge
 
@@ -53,7 +62,10 @@ _STATUS_BY_ERROR: tuple[tuple[type[IdcscanError], int], ...] = (
     (ImageTooLarge, 413),
     (UnsupportedImage, 415),
     (NotAPatch, 422),
+    (TooManyTiles, 422),
     (NoReport, 404),
+    (MapBusy, 409),
+    (QueueFull, 429),
 )
 
 def status_for(exc: IdcscanError) -> int:
@@ -164,17 +176,35 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+#: FastAPI's own OpenTelemetry (FastAPI >= 0.16x): spans, metrics and log records of every
+#: request, validation failures with the request body included, sent wherever the process's
+#: OpenTelemetry providers or ``FASTAPI_OTEL_AUTO_CONFIGURE`` + ``OTEL_EXPORTER_OTLP_*`` point.
+#: idcscan promises that nothing leaves the machine, and bodies are patients' images: off.
+TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False,
+                 "operation_spans": False, "auto_configure": False}
+
+
+def _no_telemetry() -> dict[str, Any]:
+    """``FastAPI(telemetry=...)`` where this FastAPI has it (older ones have none to stop)."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": dict(TELEMETRY_OFF)}
+    return {}
+
+
 def create_app(
     bundle_or_predictor: Predictor | Bundle | str | Path,
     settings: ServerSettings | None = None,
     demo: bool | None = None,
     report: str | Path | None = None,
+    security: SecurityPolicy | None = None,
 ) -> FastAPI:
     """Build the service around a bundle directory, a loaded ``Bundle`` or a ``Predictor``.
 
     ``demo`` defaults to the model card's flag (bundles trained on synthetic data).
     ``report``: the ``idcscan evaluate`` folder of this bundle, linked from the model card;
     by default one next to the bundle whose metrics.json names this bundle's ONNX sha256.
+    ``security``: host names, token (``idcscan.server.security``); by default what
+    ``IDCSCAN_ALLOWED_HOSTS`` and ``IDCSCAN_TOKEN`` say, loopback only and no token when unset.
     """
     predictor = (
         bundle_or_predictor
@@ -221,6 +251,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served from the package's own assets (offline): idcscan.server.routes.docs
         redoc_url=None,
+        **_no_telemetry(),
     )
     app.state.idcscan = state
     app.state.idcscan_report = (
@@ -239,6 +270,9 @@ def create_app(
 
     app.include_router(viewer_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    app.state.idcscan_security = security or SecurityPolicy.from_env()
+    app.add_middleware(SecurityMiddleware, policy=app.state.idcscan_security)
+    redact_access_log()
     return app
 
 

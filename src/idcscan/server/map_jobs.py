@@ -6,23 +6,26 @@ tile server, and reports progress. Outputs land in
 ``<maps>/<model sha256[:12]>/<slide id>/<slide name>/``: the very files ``idcscan slide``
 writes, built aside and renamed into place, so a folder with ``summary.json`` is complete
 and a second visit opens it at once. The slide id already changes when the file does; the
-model's hash keeps maps of different models apart.
+model's hash keeps maps of different models apart. Folders are made 0700 and files 0600
+(a map describes a patient's slide); summary.json names the slide by its path under the
+slide folder.
 
 ``idcscan serve --slides`` runs one process per core, and a browser's progress requests may
 reach any of them, so a job lives on disk beside its outputs: ``.job.lock`` is held
 (``flock``) by the one process mapping the slide for as long as it does, and ``.job.json``
 says how far it is. The kernel drops the lock when that process dies, so a job whose file
 says "running" but whose lock is free was cut off, and is reported as failed (start it
-again), never as forever running.
+again), never as forever running. Which jobs are taken at all is ``server.map_queue``'s
+call; a cancel request leaves ``.cancel`` beside the job, which the process running it
+reads at its next batch of tiles, whichever process that is.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
+import logging
 import os
 import threading
-import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,15 +33,22 @@ from pathlib import Path
 from typing import Any
 
 from idcscan.errors import IdcscanError
-from idcscan.runtime.predictor import Predictor
 from idcscan.maps.mapper import SUMMARY_JSON, ScaleWarning, SlideOptions
 from idcscan.maps.run import analyse_slide
+from idcscan.runtime.predictor import Predictor
+from idcscan.server.map_queue import (
+    PRIVATE_FILE, JobQueue, QueueFull, client_key, lock_is_free, make_private, private_dir,
+    take_lock,
+)
 from idcscan.server.slide_library import SlideEntry, one_line
+
+log = logging.getLogger(__name__)
+ACTIVE = ("queued", "running")
 
 
 @dataclass
 class MapJob:
-    state: str = "queued"  # queued, running, done, failed
+    state: str = "queued"  # queued, running, done, failed, cancelled
     done: int = 0
     total: int = 0
     error: str | None = None
@@ -54,17 +64,25 @@ class MapJob:
         }
 
 
+class MapBusy(IdcscanError):
+    """A re-map of a slide whose map is under way, or a cancel with nothing to cancel (409)."""
+
+
+class MapCancelled(Exception):
+    """Raised from the progress callback to stop a job that was asked to stop."""
+
+
 JOB_FILE = ".job.json"
 LOCK_FILE = ".job.lock"
-#: How often ``start`` retries a lock it found taken: a status probe in another process holds
-#: a shared lock for microseconds, and a click must not be lost to it.
-LOCK_TRIES = 5
+CANCEL_FILE = ".cancel"
 
 
 def _write_job(path: Path, job: MapJob) -> None:
     # progress is advisory, read by other processes: whole-file replace, no fsync
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(job.as_dict()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(job.as_dict()))
     os.replace(tmp, path)
 
 
@@ -83,45 +101,26 @@ def _read_job(path: Path) -> MapJob | None:
         return None
 
 
-def _lock_is_free(path: Path) -> bool:
-    """True when no process holds the job lock (its job, if any, is not running)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing drops the shared lock we may have taken
-    return True
-
-
-def _take_lock(path: Path) -> int | None:
-    """The job lock's descriptor, held exclusively; None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    for attempt in range(LOCK_TRIES):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if attempt + 1 < LOCK_TRIES:
-                time.sleep(0.01)
-    os.close(fd)
-    return None
-
-
 class MapStore:
-    def __init__(self, root: str | Path, predictor: Predictor) -> None:
+    """``max_jobs``: maps queued or running server-wide; ``max_tiles``: the largest grid one
+    job may map (``SlideOptions.max_tiles``)."""
+
+    def __init__(self, root: str | Path, predictor: Predictor, max_jobs: int = 8,
+                 max_tiles: int | None = None) -> None:
         self.predictor = predictor
-        self.root = Path(root) / (predictor.card.onnx_sha256 or "model")[:12]
+        self.maps_root = Path(root)
+        self.root = self.maps_root / (predictor.card.onnx_sha256 or "model")[:12]
+        self.max_tiles = max_tiles
+        self.queue = JobQueue(self.root, self._holds_lock, max_jobs=max_jobs)
         self._jobs: dict[str, MapJob] = {}  # the jobs this process runs or ran
         self._locks: dict[str, int] = {}  # lock descriptors of those not finished
         self._futures: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idcscan-map")
         self._mapper: Predictor | None = None
+
+    def _holds_lock(self, slide_id: str) -> bool:
+        return not lock_is_free(self.root / slide_id / LOCK_FILE)
 
     def _map_predictor(self) -> Predictor:
         """A predictor with every core for mapping: the serving one of a worker process has
@@ -133,6 +132,14 @@ class MapStore:
                 Predictor(self.predictor.bundle, threads=cores,
                           runtime=self.predictor.engine.info.engine)
         return self._mapper
+
+    def redact(self, entry: SlideEntry, text: str) -> str:
+        """A message as a client may read it: no slide folder, no maps folder."""
+        text = entry.redact(text)
+        for place in sorted({str(self.maps_root), str(self.maps_root.resolve())},
+                            key=len, reverse=True):
+            text = text.replace(place, "<maps>")
+        return one_line(text)
 
     def folder(self, entry: SlideEntry) -> Path | None:
         """The finished map folder of a slide, or None (hidden folders are maps being
@@ -148,10 +155,9 @@ class MapStore:
         """The job the processes sharing this folder recorded for the slide."""
         base = self.root / entry.id
         job = _read_job(base / JOB_FILE)
-        if job is not None and job.state in ("queued", "running") and \
-                _lock_is_free(base / LOCK_FILE):
+        if job is not None and job.state in ACTIVE and lock_is_free(base / LOCK_FILE):
             job = _read_job(base / JOB_FILE)  # it may have ended between the two reads
-            if job is not None and job.state in ("queued", "running"):
+            if job is not None and job.state in ACTIVE:
                 job.state = "failed"
                 job.error = ("The process that was mapping this slide stopped before it "
                              "finished; start the map again.")
@@ -162,74 +168,139 @@ class MapStore:
         later map, may have been made by another process since)."""
         with self._lock:
             job = self._jobs.get(entry.id)
-        if job is not None and job.state in ("queued", "running"):
+        if job is not None and job.state in ACTIVE:
             return job
         return self._on_disk(entry) or job
 
     def status(self, entry: SlideEntry) -> dict[str, Any]:
-        """``state``: none, queued, running, done (a finished folder exists) or failed."""
+        """``state``: none, queued, running, done (a finished folder exists), failed or
+        cancelled (and no earlier map to show)."""
         job = self._current(entry)
-        if job is not None and job.state in ("queued", "running"):
+        if job is not None and job.state in ACTIVE:
             return job.as_dict()
         if self.folder(entry) is not None:
             return MapJob(state="done", warnings=job.warnings if job else ()).as_dict()
-        if job is not None and job.state == "failed":
+        if job is not None and job.state in ("failed", "cancelled"):
             return job.as_dict()
         return MapJob(state="none").as_dict()
 
-    def start(self, entry: SlideEntry, mpp: float | None = None) -> dict[str, Any]:
+    def start(self, entry: SlideEntry, mpp: float | None = None, client: str | None = None,
+              replace: bool = False) -> dict[str, Any]:
         """Queue a map of ``entry`` unless one exists or is under way (in this process or
-        another); returns its status."""
+        another); returns its status. ``replace``: map again even if a map exists (it is
+        swapped for the new one when that is done). Raises ``QueueFull`` when the queue, or
+        the client's share of it, is full, and ``MapBusy`` for a re-map of a slide being
+        mapped."""
         with self._lock:
             job = self._jobs.get(entry.id)
-            if job is not None and job.state in ("queued", "running"):
-                return job.as_dict()
-        if self.folder(entry) is not None:
+            if job is not None and job.state in ACTIVE:
+                return self._already(entry, job.as_dict(), replace)
+        if not replace and self.folder(entry) is not None:
             return MapJob(state="done").as_dict()
         base = self.root / entry.id
         try:
-            base.mkdir(parents=True, exist_ok=True)
-            fd = _take_lock(base / LOCK_FILE)
+            private_dir(self.maps_root, ours=False)
+            private_dir(self.root)
+            private_dir(base)
+            with self.queue.admission():
+                return self._enter(entry, base, mpp, client_key(client), replace)
         except OSError as exc:
-            return MapJob(state="failed", error=one_line(
-                f"Cannot write maps under {self.root}: {exc.strerror or exc}.")).as_dict()
+            log.warning("Cannot start a map of %s under %s: %s", entry.relpath, self.root, exc)
+            return MapJob(state="failed", error=self.redact(entry, (
+                "Cannot write maps in the maps folder (--maps): "
+                f"{exc.strerror or exc}; the server's log says where it is."))).as_dict()
+
+    def _already(self, entry: SlideEntry, status: dict[str, Any], replace: bool
+                 ) -> dict[str, Any]:
+        if replace:
+            raise MapBusy(f"A map of {entry.relpath} is {status['state']} already; wait for it "
+                          "or cancel it before mapping the slide again.")
+        return status
+
+    def _enter(self, entry: SlideEntry, base: Path, mpp: float | None, client: str,
+               replace: bool) -> dict[str, Any]:
+        fd = take_lock(base / LOCK_FILE)
         if fd is None:  # another server process is mapping it
-            return self.status(entry)
-        job = MapJob()
+            return self._already(entry, self.status(entry), replace)
         try:
-            if self.folder(entry) is not None:  # finished while we took the lock
+            if not replace and self.folder(entry) is not None:  # finished meanwhile
                 os.close(fd)
                 return MapJob(state="done").as_dict()
+            self.queue.check(entry.id, client)
+            (base / CANCEL_FILE).unlink(missing_ok=True)  # a request for an earlier job
+            job = MapJob()
             _write_job(base / JOB_FILE, job)
             with self._lock:
-                if self._jobs.get(entry.id) is not None and \
-                        self._jobs[entry.id].state in ("queued", "running"):
+                current = self._jobs.get(entry.id)
+                if current is not None and current.state in ACTIVE:
                     os.close(fd)  # a thread of this process got there first
-                    return self._jobs[entry.id].as_dict()
+                    return self._already(entry, current.as_dict(), replace)
+                self.queue.add(entry.id, client)
                 self._jobs[entry.id] = job
                 self._locks[entry.id] = fd
                 self._futures[entry.id] = self._pool.submit(self._run, entry, job, mpp)
+        except QueueFull:
+            os.close(fd)
+            raise
         except (OSError, RuntimeError) as exc:  # a read-only folder; a server shutting down
             with self._lock:
                 if self._locks.get(entry.id) == fd:
                     del self._locks[entry.id]
                     self._jobs.pop(entry.id, None)
+                    self._futures.pop(entry.id, None)
+            self.queue.remove(entry.id)
             os.close(fd)
-            return MapJob(state="failed", error=one_line(
-                f"Cannot start the map: {getattr(exc, 'strerror', None) or exc}.")).as_dict()
+            log.warning("Cannot start a map of %s: %s", entry.relpath, exc)
+            return MapJob(state="failed", error=self.redact(entry, (
+                f"Cannot start the map: {getattr(exc, 'strerror', None) or exc}."))).as_dict()
         return job.as_dict()
 
+    def cancel(self, entry: SlideEntry) -> dict[str, Any]:
+        """Stop the slide's queued or running map, in whichever process has it: a queued job
+        of this process at once, a running one at its next batch of tiles. Raises
+        ``MapBusy`` when no map of the slide is under way."""
+        with self._lock:
+            job, future = self._jobs.get(entry.id), self._futures.get(entry.id)
+            fd = None
+            if job is not None and job.state == "queued" and future is not None \
+                    and future.cancel():
+                job.state = "cancelled"
+                fd = self._locks.pop(entry.id, None)
+                self._futures.pop(entry.id, None)
+        if fd is not None:
+            self._finish(entry, job, fd)
+            return job.as_dict()
+        status = self.status(entry)
+        if status["state"] not in ACTIVE:
+            raise MapBusy(f"No map of {entry.relpath} is queued or running; nothing to cancel.")
+        fd = os.open(self.root / entry.id / CANCEL_FILE, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
+        os.close(fd)
+        return status
+
+    def _finish(self, entry: SlideEntry, job: MapJob, fd: int | None) -> None:
+        """Record how the job ended, leave the queue, and let the other processes in."""
+        try:
+            _write_job(self.root / entry.id / JOB_FILE, job)
+        except OSError:
+            pass  # progress is advisory; the outputs say how the map ended
+        self.queue.remove(entry.id)
+        (self.root / entry.id / CANCEL_FILE).unlink(missing_ok=True)
+        if fd is not None:
+            os.close(fd)  # releases the lock for the other processes
+
     def _run(self, entry: SlideEntry, job: MapJob, mpp: float | None) -> None:
-        path = self.root / entry.id / JOB_FILE
+        base = self.root / entry.id
         shown = [-1]
 
         def record() -> None:
             try:
-                _write_job(path, job)
+                _write_job(base / JOB_FILE, job)
             except OSError:
-                pass  # progress is advisory; the outputs say how the map ended
+                pass
 
         def progress(done: int, total: int) -> None:
+            if (base / CANCEL_FILE).exists():
+                raise MapCancelled
             job.done, job.total = done, total
             percent = done * 100 // max(total, 1)
             if percent != shown[0]:  # at most ~100 writes a job
@@ -238,37 +309,49 @@ class MapStore:
 
         job.state = "running"
         try:
+            if (base / CANCEL_FILE).exists():
+                raise MapCancelled
             record()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScaleWarning)
                 analyse_slide(
-                    self._map_predictor(), entry.path, self.root / entry.id,
-                    SlideOptions(mpp=mpp), on_progress=progress,
+                    self._map_predictor(), entry.path, base,
+                    SlideOptions(mpp=mpp, max_tiles=self.max_tiles), on_progress=progress,
+                    recorded_path=entry.relpath,
                 )  # fmt: skip
+            made = self.folder(entry)
+            if made is not None:
+                make_private(made)
             # the recorder sees every thread's warnings: keep the ones about this map's scale
-            job.warnings = tuple(entry.redact(str(w.message)) for w in caught
+            job.warnings = tuple(self.redact(entry, str(w.message)) for w in caught
                                  if issubclass(w.category, ScaleWarning))  # fmt: skip
             job.state = "done"
+        except MapCancelled:
+            job.state = "cancelled"
+            job.error = "The map was cancelled before it was done."
         except IdcscanError as exc:
-            job.error = one_line(entry.redact(str(exc)))
+            job.error = self.redact(entry, str(exc))
             job.state = "failed"
         except Exception as exc:  # a bug: reported on the page rather than lost in a thread
-            job.error = one_line(entry.redact(
+            log.exception("Mapping %s failed", entry.relpath)
+            job.error = self.redact(entry, (
                 f"Internal error while mapping (a bug): {type(exc).__name__}: {exc}"))
             job.state = "failed"
         finally:
-            record()
             with self._lock:
                 fd = self._locks.pop(entry.id, None)
                 self._futures.pop(entry.id, None)
-            if fd is not None:
-                os.close(fd)  # releases the lock for the other processes
+            self._finish(entry, job, fd)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:  # jobs cancelled before they began give their slides back
+            ended = []
             for slide_id, future in list(self._futures.items()):
                 fd = self._locks.get(slide_id)
                 if future.cancelled() and fd is not None:
                     del self._locks[slide_id], self._futures[slide_id]
-                    os.close(fd)
+                    ended.append((slide_id, fd))
+        for slide_id, fd in ended:
+            self.queue.remove(slide_id)
+            os.close(fd)

@@ -11,7 +11,13 @@ Why these choices (measured in docs/BENCHMARKS.md):
 * ``GuardedHttpToolsProtocol``: a deadline on request headers (slowloris), the body deadline
   being enforced where uploads are read;
 * no access log by default: one formatted line per request is a measurable share of a
-  request that costs about a millisecond (``--access-log`` turns it on).
+  request that costs about a millisecond (``--access-log`` turns it on; ``?token=`` values
+  are blanked in it, ``server.security.RedactTokens``);
+* TLS by uvicorn itself when given a certificate (``--certfile/--keyfile``).
+
+The security policy (host names, token) reaches worker processes the way the bundle does,
+through the environment (``IDCSCAN_ALLOWED_HOSTS``, ``IDCSCAN_TOKEN``), which only this user
+and root can read.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import uvicorn
 
 from idcscan.runtime.bundle import Bundle
 from idcscan.server.protocols import IMPORT_STRING
+from idcscan.server.security import ENV_ALLOWED_HOSTS, ENV_TOKEN, SecurityPolicy
 from idcscan.server.state import ServerSettings
 
 ENV_BUNDLE = "IDCSCAN_SERVE_BUNDLE"
@@ -53,6 +60,7 @@ def threads_per_worker(workers: int) -> int:
 def uvicorn_config(
     app: object, host: str, port: int, settings: ServerSettings, workers: int = 1,
     access_log: bool = False, log_level: str = "info", factory: bool = False,
+    certfile: str | Path | None = None, keyfile: str | Path | None = None,
 ) -> uvicorn.Config:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -65,6 +73,8 @@ def uvicorn_config(
         access_log=access_log,
         log_level=log_level,
         timeout_keep_alive=5,
+        ssl_certfile=str(certfile) if certfile else None,
+        ssl_keyfile=str(keyfile) if keyfile else None,
     )
     # Read by GuardedHttpToolsProtocol; pickled with the config into worker processes.
     config.header_timeout_s = settings.header_timeout_s  # type: ignore[attr-defined]
@@ -73,18 +83,22 @@ def uvicorn_config(
 
 def run_server(
     bundle: Bundle, host: str, port: int, settings: ServerSettings, workers: int,
-    access_log: bool = False,
+    access_log: bool = False, security: SecurityPolicy | None = None,
+    certfile: str | Path | None = None, keyfile: str | Path | None = None,
 ) -> None:
     """Serve ``bundle`` until interrupted (Ctrl+C, SIGTERM)."""
+    security = security or SecurityPolicy()
+    tls = {"certfile": certfile, "keyfile": keyfile}
     if workers <= 1:
         from idcscan.runtime.predictor import Predictor
         from idcscan.server.app import create_app
         from idcscan.server.routes.viewer import configure_viewer_from_env
 
         predictor = Predictor(bundle, threads=threads_per_worker(1))
-        app = create_app(predictor, settings=settings)
+        app = create_app(predictor, settings=settings, security=security)
         configure_viewer_from_env(app)
-        uvicorn.Server(uvicorn_config(app, host, port, settings, access_log=access_log)).run()
+        uvicorn.Server(uvicorn_config(app, host, port, settings, access_log=access_log,
+                                      **tls)).run()
         return
 
     from uvicorn.supervisors import Multiprocess
@@ -100,8 +114,13 @@ def run_server(
     os.environ[ENV_BUNDLE] = str(Path(bundle.path).resolve())
     os.environ[ENV_THREADS] = str(threads_per_worker(workers))
     os.environ[ENV_SETTINGS] = json.dumps(dataclasses.asdict(settings))
+    os.environ[ENV_ALLOWED_HOSTS] = " ".join(security.allowed_hosts)
+    if security.token:
+        os.environ[ENV_TOKEN] = security.token
+    else:
+        os.environ.pop(ENV_TOKEN, None)
     config = uvicorn_config(
         "idcscan.server.app:create_app_from_env", host, port, settings, workers=workers,
-        access_log=access_log, factory=True,
+        access_log=access_log, factory=True, **tls,
     )
     Multiprocess(config, sockets=[config.bind_socket()]).run()

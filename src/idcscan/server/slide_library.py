@@ -11,6 +11,11 @@ file is a new slide): they are looked up in the table made by the scan and never
 into a path, so no request can name a file. Symbolic links are followed only when their
 target is inside ``root``, checked again each time a slide is opened.
 
+The table is the answer to every id: an id it does not hold is looked up again only after a
+rescan, and a lookup may rescan at most once every ``rescan_interval_s`` (a walk of a
+3,000-file folder costs about a third of a second; random ids must not buy one each). The
+listing rescans, but requests that arrive while a walk is under way share its result.
+
 Readers are kept open in a small LRU cache shared by all requests (``max_open``); a reader
 evicted while a request still uses it is closed when that request lets go. Whole-slide
 formats are read region by region; a plain picture (PNG, JPEG, a TIFF without tiles) is
@@ -23,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,8 @@ from idcscan.slides.reader import SUPPORTED_SUFFIXES, SlideReader
 DICOM_SUFFIX = ".dcm"
 #: the largest plain picture the browser decodes (25 Mpx: 75 MB held while it is open)
 PLAIN_MAX_PIXELS = 25_000_000
+#: an unknown id rescans the folder at most this often (seconds)
+RESCAN_INTERVAL_S = 30.0
 
 
 def one_line(message: str) -> str:
@@ -116,7 +124,9 @@ class SlideLibrary:
     """Thread-safe catalogue of the slides under ``root`` with a bounded reader cache."""
 
     def __init__(
-        self, root: str | Path, max_open: int = 16, max_plain_pixels: int = PLAIN_MAX_PIXELS
+        self, root: str | Path, max_open: int = 16, max_plain_pixels: int = PLAIN_MAX_PIXELS,
+        rescan_interval_s: float = RESCAN_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         root_path = Path(root)
         if not root_path.is_dir():
@@ -127,6 +137,10 @@ class SlideLibrary:
         self._entries: dict[str, SlideEntry] = {}
         self._by_key: dict[tuple[str, tuple[int, int]], SlideEntry] = {}
         self._scan_lock = threading.Lock()
+        self.rescan_interval_s = rescan_interval_s
+        self.clock = clock
+        self._scanned_at: float | None = None  # when the last walk began
+        self._scans = 0  # walks begun; a request that waited on one began later than it
         self._cache: OrderedDict[str, _Open] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -157,8 +171,15 @@ class SlideLibrary:
                 yield path
 
     def scan(self) -> list[SlideEntry]:
-        """Walk the root again; files seen before (same size and time) are not reopened."""
+        """Walk the root again; files seen before (same size and time) are not reopened.
+        A call that waited while another walked takes the result of a walk that began after
+        it arrived, if one did: that is as fresh as its own would be."""
+        arrived_after = self._scans  # walks begun before this call (one may be running)
         with self._scan_lock:
+            if self._scans > arrived_after:  # one began after we arrived, and has finished
+                return list(self._entries.values())
+            self._scans += 1
+            self._scanned_at = self.clock()
             entries: dict[str, SlideEntry] = {}
             for path in self._candidates():
                 real = self.inside(path)
@@ -198,16 +219,27 @@ class SlideLibrary:
     def entries(self) -> list[SlideEntry]:
         return self.scan()
 
+    def entries_known(self) -> list[SlideEntry]:
+        """The table as the last scan left it (the first call scans)."""
+        if self._scanned_at is None:
+            return self.scan()
+        return list(self._entries.values())
+
     def get(self, slide_id: str) -> SlideEntry:
-        """The readable slide with this id; unknown, unreadable or escaped ids are 404s."""
+        """The readable slide with this id; unknown, unreadable or escaped ids are 404s.
+        An id not in the table rescans only if the last scan is ``rescan_interval_s`` old."""
         entry = self._entries.get(slide_id)
-        if entry is None:
+        if entry is None and self._rescan_due():
             self.scan()
             entry = self._entries.get(slide_id)
         # the name found at scan time must still lead to the same file inside the root
         if entry is None or not entry.readable or self.inside(entry.source) != entry.path:
             raise SlideNotFound(f"There is no readable slide {slide_id!r}; see /api/slides.")
         return entry
+
+    def _rescan_due(self) -> bool:
+        last = self._scanned_at
+        return last is None or self.clock() - last >= self.rescan_interval_s
 
     # -- open readers -----------------------------------------------------------------
     @contextmanager

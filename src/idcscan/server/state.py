@@ -12,6 +12,11 @@ from idcscan.runtime.predictor import Predictor
 from idcscan.runtime.patch_size import MAX_PATCH_SIDE, PREVIEW_SIDE
 
 MB = 1024 * 1024
+#: µm/px a client may give for a slide or picture whose file records no scale: the range the
+#: pages' scale fields take (viewer.html, slide.html). A finer or coarser "scale" is a typo
+#: or an attack (1e6 cut a 40 x 40 px picture into 1,600 one-pixel tiles).
+MIN_MPP = 0.05
+MAX_MPP = 20.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class ServerSettings:
     upload_timeout_s: float = 60.0
     upload_idle_timeout_s: float = 15.0
     upload_min_bytes_per_s: float = 256 * 1024
+    #: Map jobs (the viewer's "map this slide"): queued or running server-wide; and tiles
+    #: in one map (/slide too): the largest real slide, 75 x 25 mm at 0.25 µm/px, is ~47,000.
+    max_map_jobs: int = 8
+    max_map_tiles: int = 200_000
 
     @property
     def max_upload_bytes(self) -> int:

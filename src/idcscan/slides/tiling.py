@@ -98,18 +98,28 @@ class TileGrid:
             return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def plan_grid(
-    reader: SlideReader, mpp: float, target_mpp: float, patch_size: int, stride_px: int | None
-) -> TileGrid:
-    """Lay tiles at the training scale over a slide whose level 0 is ``mpp`` µm/px."""
-    width, height = reader.dimensions
+def grid_shape(
+    width: int, height: int, mpp: float, target_mpp: float, patch_size: int,
+    stride_px: int | None,
+) -> tuple[int, int, int, int]:
+    """(tile, stride, cols, rows) in level-0 pixels of the grid ``plan_grid`` lays: known
+    from the slide's size alone, so a server can refuse a job before it opens the slide."""
     scale = target_mpp / mpp  # level-0 pixels per training-scale pixel
     tile = max(1, round(patch_size * scale))
     stride_px = patch_size if stride_px is None else stride_px
     stride = max(1, round(stride_px * scale))
     cols = math.ceil(max(width - tile, 0) / stride) + 1
     rows = math.ceil(max(height - tile, 0) / stride) + 1
-    level = reader.best_level(scale)
+    return tile, stride, cols, rows
+
+
+def plan_grid(
+    reader: SlideReader, mpp: float, target_mpp: float, patch_size: int, stride_px: int | None
+) -> TileGrid:
+    """Lay tiles at the training scale over a slide whose level 0 is ``mpp`` µm/px."""
+    width, height = reader.dimensions
+    tile, stride, cols, rows = grid_shape(width, height, mpp, target_mpp, patch_size, stride_px)
+    level = reader.best_level(target_mpp / mpp)
     ds = reader.level_downsamples[level]
     return TileGrid(
         width=width,

@@ -7,8 +7,9 @@ are read region by region from the bytes. The work is ``idcscan.maps.mapper.map_
 the same as ``idcscan slide``, run in a worker thread, one slide at a time (a second
 request waits), so a large upload cannot starve ``/predict``.
 
-Errors follow /predict: JSON ``{"error": ...}`` with 400 (bad upload or image, bad option),
-413 (too many bytes or pixels), 415 (a format idcscan does not decode).
+Errors follow /predict: JSON ``{"error": ...}`` with 400 (bad upload or image, bad option,
+a scale that is not a finite number from ``MIN_MPP`` to ``MAX_MPP``), 413 (too many bytes or
+pixels), 415 (a format idcscan does not decode), 422 (more tiles than ``max_map_tiles``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from idcscan.images import png_data_url
 from idcscan.maps.mapper import ScaleWarning, SlideOptions, map_slide
 from idcscan.maps.outputs import geojson, heatmap_layer, idc_polygons
 from idcscan.slides.formats import open_slide_bytes
-from idcscan.server.state import MB, ServerState, get_state
+from idcscan.server.state import MAX_MPP, MB, MIN_MPP, ServerState, get_state
 from idcscan.server.uploads import ENVELOPE_BYTES, multipart_body, one_file, read_form
 
 router = APIRouter()
@@ -122,13 +123,17 @@ def _lock(request: Request) -> asyncio.Semaphore:
         400: {"description": "No usable upload, a broken image or a bad option."},
         413: {"description": "Too many bytes or pixels."},
         415: {"description": "An image format idcscan does not decode."},
+        422: {"description": "More tiles than one map may have (a scale or stride too fine "
+                             "for the image)."},
     },
     openapi_extra=multipart_body("file", many=False),
 )
 async def slide(
     request: Request,
     mpp: float | None = Query(
-        None, gt=0, description="µm/px of an image whose file carries no scale (default: 4)."
+        None, ge=MIN_MPP, le=MAX_MPP, allow_inf_nan=False,
+        description=f"µm/px of an image whose file carries no scale ({MIN_MPP:g} to "
+        f"{MAX_MPP:g}; default: 4).",
     ),
     stride: int | None = Query(
         None, ge=1, description="Tile step in training-scale pixels (default: the patch size)."
@@ -147,7 +152,8 @@ async def slide(
         request, max_bytes=max_bytes + ENVELOPE_BYTES, max_file_bytes=max_bytes, max_parts=8
     )
     upload = one_file(parts, "file")
-    options = SlideOptions(mpp=mpp, stride=stride, tta=tta, context=context)
+    options = SlideOptions(mpp=mpp, stride=stride, tta=tta, context=context,
+                           max_tiles=state.settings.max_map_tiles)
     async with _lock(request):
         return await run_in_threadpool(
             _analyse, state, upload.data, PurePath(upload.filename or "upload").name, options

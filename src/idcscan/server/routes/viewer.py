@@ -6,7 +6,9 @@ in static/openseadragon/). Deep Zoom: ``GET /slides/{id}.dzi`` and
 region (``idcscan.slides.deepzoom``). API: ``GET /api/slides`` (id, name, width, height,
 mpp, format, has_map; unreadable files are listed with their one-line ``error``), and per
 slide its map: ``POST /api/slides/{id}/map`` starts ``idcscan slide`` on it in the
-background, ``GET /api/slides/{id}/map`` tells how far it is and gives its summary; the
+background (a slide without a recorded scale takes one in the JSON body, ``{"mpp": 0.25}``),
+``POST /api/slides/{id}/map/remap`` makes it again, ``POST /api/slides/{id}/map/cancel``
+stops it, ``GET /api/slides/{id}/map`` tells how far it is and gives its summary; the
 layers are ``/slides/{id}/map/overlay.png`` (P(IDC), one pixel per tile),
 ``/slides/{id}/map/qc.png`` (artefact QC labels), ``/slides/{id}/map/grid.json`` (per-tile
 values for the read-out under the cursor) and ``/slides/{id}/map/regions.geojson``.
@@ -16,6 +18,12 @@ reach a file outside DIR). A slide that stops being readable (a damaged tile, a 
 short) answers 500 with a one-line reason; answers name slides by their path under DIR,
 never where DIR is. A slide whose file records no scale is mapped only with ``mpp``: the
 viewer never guesses a scale.
+
+Jobs are bounded (``ServerSettings``): ``mpp`` finite and within the scale fields' range
+(400), at most ``max_map_tiles`` tiles (422), one job queued or running per client and
+``max_map_jobs`` in all (429). Tiles and thumbnails may be kept by the browser
+(``private``), never by a shared cache; every other answer here is ``no-store``
+(``server.security``).
 """
 
 from __future__ import annotations
@@ -30,25 +38,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from idcscan import DISCLAIMER
 from idcscan.errors import IdcscanError
 from idcscan.slides.deepzoom import jpeg_bytes
 from idcscan.maps.layers import load_grid, overlay_png
+from idcscan.maps.mapper import TooManyTiles
 from idcscan.runtime.predictor import Predictor
-from idcscan.server.map_jobs import MapStore
+from idcscan.server.map_jobs import MapBusy, MapStore
 from idcscan.server.routes.pages import page_response
 from idcscan.server.slide_library import SlideEntry, SlideLibrary, SlideNotFound, one_line
+from idcscan.server.state import MAX_MPP, MIN_MPP, ServerSettings
+from idcscan.slides.tiling import grid_shape
 
 router = APIRouter()
 log = logging.getLogger(__name__)
 #: where `idcscan serve --slides` keeps maps unless told (--maps)
 ENV_SLIDES = "IDCSCAN_SERVE_SLIDES"
 ENV_MAPS = "IDCSCAN_SERVE_MAPS"
-TILE_CACHE_CONTROL = "public, max-age=3600"
+#: the browser may keep a patient's tiles for the session; a proxy or shared cache may not
+TILE_CACHE_CONTROL = "private, max-age=3600"
 
 
 def default_maps_dir() -> Path:
@@ -60,11 +73,15 @@ class Viewer:
     """What the viewer routes share: the slide library, the map store, small thumbnails."""
 
     def __init__(
-        self, slides: str | Path, maps: str | Path, predictor: Predictor, demo: bool = False
+        self, slides: str | Path, maps: str | Path, predictor: Predictor, demo: bool = False,
+        settings: ServerSettings | None = None,
     ) -> None:
         self.demo = demo
+        self.settings = settings or ServerSettings()
+        self.card = predictor.card
         self.library = SlideLibrary(slides)
-        self.maps = MapStore(maps, predictor)
+        self.maps = MapStore(maps, predictor, max_jobs=self.settings.max_map_jobs,
+                             max_tiles=self.settings.max_map_tiles)
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
 
@@ -89,7 +106,8 @@ class Viewer:
 def configure_viewer(app: Any, slides: str | Path, maps: str | Path | None = None) -> Viewer:
     """Serve the slides under ``slides`` from ``app`` (made by ``create_app``)."""
     state = app.state.idcscan
-    viewer = Viewer(slides, maps or default_maps_dir(), state.predictor, demo=state.demo)
+    viewer = Viewer(slides, maps or default_maps_dir(), state.predictor, demo=state.demo,
+                    settings=state.settings)
     app.state.idcscan_viewer = viewer
     return viewer
 
@@ -179,11 +197,15 @@ def _with_map(viewer: Viewer, entry: SlideEntry) -> dict[str, Any]:
     item["has_map"] = folder is not None
     item["map"] = status
     if folder is not None:
-        summary = json.loads((folder / "summary.json").read_text())
-        item["map"]["summary"] = entry.redact_all(summary)
+        item["map"]["summary"] = entry.redact_all(_summary(viewer, entry))
     item["disclaimer"] = DISCLAIMER
     item["demo"] = viewer.demo
     return item
+
+
+def _summary(viewer: Viewer, entry: SlideEntry) -> dict[str, Any]:
+    folder = viewer.maps.folder(entry)
+    return {} if folder is None else json.loads((folder / "summary.json").read_text())
 
 
 @router.get("/api/slides/{slide_id}/map", summary="How far the slide's map is")
@@ -191,24 +213,91 @@ def map_status(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> dict[str,
     return _with_map(viewer, _entry(viewer, slide_id))["map"]
 
 
-@router.post("/api/slides/{slide_id}/map", summary="Map the slide in the background")
-def start_map(
-    slide_id: str,
-    mpp: float | None = Query(None, gt=0, description="µm/px, for a slide without a scale."),
-    viewer: Viewer = Depends(get_viewer),
-) -> JSONResponse:
+class MapRequest(BaseModel):
+    """The body of a map request; empty for a slide whose file records its scale."""
+
+    model_config = ConfigDict(extra="forbid")
+    mpp: float | None = Field(
+        None, ge=MIN_MPP, le=MAX_MPP, allow_inf_nan=False,
+        description=f"µm per pixel of the slide's full resolution, {MIN_MPP:g} to {MAX_MPP:g}; "
+        "only for a slide whose file records no scale.",
+    )
+
+
+MAP_ANSWERS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "No scale for a slide without one, or a scale out of range."},
+    409: {"description": "A scale other than the one its finished map was made at (ask for "
+                         "a re-map), or a re-map while the slide's map is under way."},
+    422: {"description": "More tiles than one job may map."},
+    429: {"description": "The client has a map under way already, or the queue is full."},
+}
+
+
+def _request_map(request: Request, viewer: Viewer, slide_id: str, body: MapRequest | None,
+                 replace: bool) -> JSONResponse:
     entry = _entry(viewer, slide_id)
-    if entry.mpp is None and mpp is None and \
-            viewer.maps.status(entry)["state"] in ("none", "failed"):  # a new job would start
+    if "mpp" in request.query_params:
+        raise IdcscanError('The scale goes in the JSON body now, {"mpp": 0.25}, not in ?mpp=.')
+    mpp = body.mpp if body is not None else None
+    if entry.mpp is not None and mpp is not None:
+        raise IdcscanError(
+            f"{entry.relpath} records its own scale ({entry.mpp:g} µm/px), which is the one "
+            "used; mpp is only for a slide whose file records none."
+        )
+    state = viewer.maps.status(entry)["state"]
+    starts = replace or state not in ("queued", "running", "done")
+    if state == "done" and not replace and mpp is not None:
+        made_at = _summary(viewer, entry).get("mpp")
+        if made_at is not None and made_at != mpp:
+            raise MapBusy(f"{entry.relpath} was mapped at {made_at:g} µm/px; to map it at "
+                          f"{mpp:g}, ask for a re-map (POST /api/slides/{entry.id}/map/remap).")
+    if entry.mpp is None and mpp is None and starts:
         raise IdcscanError(
             f"{entry.relpath} records no scale (µm per pixel): give the scale of its full "
-            "resolution (the scale field, or ?mpp=) to map it; a guessed scale would give a "
-            "wrong map."
+            'resolution (the scale field, or {"mpp": ...} in the JSON body) to map it; a '
+            "guessed scale would give a wrong map."
         )
-    status = viewer.maps.start(entry, mpp=mpp)
+    scale = entry.mpp or mpp
+    if starts and scale is not None and entry.width and entry.height:
+        _, _, cols, rows = grid_shape(entry.width, entry.height, scale, viewer.card.mpp,
+                                      viewer.card.patch_size, None)
+        if cols * rows > viewer.settings.max_map_tiles:
+            raise TooManyTiles(entry.relpath, scale, cols, rows, viewer.settings.max_map_tiles)
+    client = request.client.host if request.client else None
+    status = viewer.maps.start(entry, mpp=mpp, client=client, replace=replace)
     if status["state"] == "failed":  # could not even start (e.g. the maps folder is read-only)
         return JSONResponse({"error": status["error"], **status}, status_code=503)
     return JSONResponse(status, status_code=200 if status["state"] == "done" else 202)
+
+
+@router.post("/api/slides/{slide_id}/map", summary="Map the slide in the background",
+             responses=MAP_ANSWERS)
+def start_map(
+    slide_id: str, request: Request, body: MapRequest | None = Body(None),
+    viewer: Viewer = Depends(get_viewer),
+) -> JSONResponse:
+    """202 while queued or running, 200 when a map exists (it is not made again)."""
+    return _request_map(request, viewer, slide_id, body, replace=False)
+
+
+@router.post("/api/slides/{slide_id}/map/remap", summary="Map the slide again",
+             responses=MAP_ANSWERS)
+def remap(
+    slide_id: str, request: Request, body: MapRequest | None = Body(None),
+    viewer: Viewer = Depends(get_viewer),
+) -> JSONResponse:
+    """Like starting a map, but made again even if one exists (e.g. at a corrected scale);
+    the old map is served until the new one replaces it."""
+    return _request_map(request, viewer, slide_id, body, replace=True)
+
+
+@router.post("/api/slides/{slide_id}/map/cancel", summary="Stop the slide's map",
+             responses={409: {"description": "No map of the slide is queued or running."}})
+def cancel_map(slide_id: str, viewer: Viewer = Depends(get_viewer)) -> JSONResponse:
+    """200 ``cancelled`` when it had not begun; 202 while a running map stops at its next
+    batch of tiles (``GET .../map`` then says ``cancelled``)."""
+    status = viewer.maps.cancel(_entry(viewer, slide_id))
+    return JSONResponse(status, status_code=200 if status["state"] == "cancelled" else 202)
 
 
 # ---------------------------------------------------------------------------- deep zoom

@@ -46,6 +46,7 @@
       if (value === undefined || value === null || value === false) continue;
       if (key === "class") node.className = value;
       else if (key === "text") node.textContent = value;
+      else if (key === "style") node.style.cssText = value; // CSSOM: the CSP refuses style attributes
       else node.setAttribute(key, value === true ? "" : String(value));
     }
     for (const child of [].concat(children || [])) {

@@ -198,6 +198,12 @@ async function pollMap() {
       showError(status.error);
       return;
     }
+    if (status.state === "cancelled") { // stopped through POST .../map/cancel
+      $("map-progress").hidden = true;
+      $("map-button").disabled = false;
+      $("map-state").textContent = "The map was cancelled.";
+      return;
+    }
     if (status.state === "none") return;
     mapProgress(status);
     await new Promise((r) => setTimeout(r, 400));
@@ -214,9 +220,12 @@ async function startMap() {
     $("mpp-input").focus();
     return;
   }
-  const query = !info.mpp ? `?mpp=${encodeURIComponent(mpp)}` : "";
+  // the scale travels in a JSON body (the server refuses ?mpp=), only for a slide without one
+  const body = JSON.stringify(info.mpp ? {} : { mpp: Number(mpp) });
   try {
-    const started = await getJSON(api(`/map${query}`), { method: "POST" });
+    const started = await getJSON(api("/map"), {
+      method: "POST", headers: { "Content-Type": "application/json" }, body,
+    });
     if (started.state === "queued" || started.state === "running") mapProgress(started);
     await pollMap();
   } catch (err) {
