@@ -11,8 +11,9 @@ valid reshape target contains no zero, so the flag changes nothing there.
 
 ``TwoClassLogits`` takes what WSInfer's transforms give (float NCHW in [0, 1] from ToTensor,
 then the config's identity Normalize), turns it back into the uint8 NHWC patch the graph
-reads, and returns ``[0, logit / T]``: the softmax of (0, z) is (1 - sigmoid(z), sigmoid(z)),
-i.e. (1 - P(IDC), P(IDC)) with the bundle's own calibration, exactly as ``Predictor`` computes.
+reads (exactly: ToTensor divides uint8 by 255), and returns ``[0, logit / T]``: the softmax
+of (0, z) is (1 - sigmoid(z), sigmoid(z)), i.e. (1 - P(IDC), P(IDC)) with the bundle's own
+calibration, exactly as ``Predictor`` computes.
 
 Every export is checked against ONNX Runtime on the same patches before it is written
 (``compare_with_onnxruntime``), so a conversion that is not exact is refused, not shipped.
@@ -95,10 +96,9 @@ class TwoClassLogits(torch.nn.Module):
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A no-op on a patch of the configured size (exactly: bilinear at scale 1 copies); a
-        # patch of another size is brought to the patch size the graph was exported for.
-        x = F.interpolate(x, size=(self.patch_size, self.patch_size), mode="bilinear",
-                          align_corners=False, antialias=True)
+        # A no-op on a patch of the configured size; a patch of another size is brought to the
+        # size the graph was exported for by area averaging, as idcscan's slide reader does.
+        x = F.adaptive_avg_pool2d(x, (self.patch_size, self.patch_size))
         pixels = torch.round(x * 255.0).clamp(0.0, 255.0).to(torch.uint8)
         z = self.graph(pixels.permute(0, 2, 3, 1).contiguous()).reshape(-1) / self.temperature
         return torch.stack((torch.zeros_like(z), z), dim=1)
@@ -147,6 +147,6 @@ def compare_with_onnxruntime(module: torch.jit.ScriptModule, bundle: Bundle,
     """How far the module's P(IDC) is from ONNX Runtime's on the bundle itself."""
     reference = Predictor(bundle, runtime="onnxruntime").predict_proba(patches)
     diff = np.abs(torchscript_proba(module, patches) - reference)
-    return {"patches": int(len(patches)), "batch_sizes": list(CHECK_BATCHES),
+    return {"patches": len(patches), "batch_sizes": list(CHECK_BATCHES),
             "reference": "ONNX Runtime on model.onnx (CPU, fp32)",
             "max_abs_prob_diff": float(diff.max())}

@@ -11,6 +11,11 @@ numeric step idcscan takes after the 50 x 50 px patch (resize to the network's i
 normalisation, stain normalisation, TTA) is inside the graph, so the tools only have to hand
 over the patch, which both of them read as ``patch_size_pixels * spacing_um_px / slide µm/px``
 level-0 pixels resized to ``patch_size_pixels``: the same 200 µm tile slide mode reads.
+``wsinfer run`` reads that tile at level 0 and shrinks it with the Resize, so the Resize uses
+Pillow's box filter, the area averaging idcscan's slide reader uses (torchvision's default
+bilinear filter blurs across neighbouring pixels: on the suite's painted scan it moved P(IDC)
+by up to 0.28 on tiles at the edge of a tumour, the box filter by 0.002). QuPath's extension
+reads the tile at the model's scale itself and uses only the Resize's size.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ TORCHSCRIPT = "torchscript_model.pt"
 README = "README.md"
 #: in the order of the two logits; QuPath names its measurements after them
 CLASS_NAMES = ("non-IDC", "IDC")
+#: ``PIL.Image.Resampling.BOX``, as the integer torchvision's Resize accepts from JSON
+PIL_BOX = 4
 SCHEMA_PACKAGE = "wsinfer-zoo"
 SCHEMA_FILE = "wsinfer_zoo/schemas/model-config.schema.json"
 
@@ -61,7 +68,9 @@ def wsinfer_config(card: ModelCard) -> dict[str, Any]:
         "patch_size_pixels": p,
         "spacing_um_px": float(card.mpp),
         "transform": [
-            {"name": "Resize", "arguments": {"size": p}},
+            # 4 is Pillow's BOX filter (torchvision takes Pillow's integer constants): area
+            # averaging, as idcscan's slide reader shrinks a tile. QuPath reads "size" only.
+            {"name": "Resize", "arguments": {"size": p, "interpolation": PIL_BOX}},
             {"name": "ToTensor"},
             {"name": "Normalize", "arguments": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}},
         ],
@@ -135,9 +144,10 @@ invasive ductal carcinoma (IDC) or not. Exported by idcscan {__version__} from t
   compared with ONNX Runtime on the bundle itself: {check['patches']} patches, largest
   difference in P(IDC) {check['max_abs_prob_diff']:.1e}.
 - Both tools read a tile of `patch_size_pixels × spacing_um_px / (slide µm per pixel)`
-  level-0 pixels and resize it to {p} × {p} px, as idcscan's slide mode does; each resamples
-  the slide its own way, so their P(IDC) may differ from `idcscan slide`'s `patch_probability`
-  (tiles.csv) by a few hundredths on real scans.
+  level-0 pixels and bring it to {p} × {p} px, as idcscan's slide mode does (`wsinfer run`
+  with the config's box-filter Resize, the area averaging idcscan uses; QuPath from the
+  slide's pyramid). Where a tool resamples differently from idcscan, its P(IDC) can differ
+  from `idcscan slide`'s `patch_probability` (tiles.csv) by a few hundredths.
 - QuPath's class for each tile is the class with the higher probability: `{CLASS_NAMES[1]}`
   from P(IDC) ≥ 50%, idcscan's patch call. idcscan's slide maps count a tile towards the IDC
   area from P(IDC) ≥ {percent(area)} (the model card's "Slide maps" line); measure IDC area in

@@ -51,7 +51,7 @@ class Regions:
     def count(self) -> int:
         return len(self.polygons)
 
-    def on_slide(self, width: int, height: int, slide: str) -> "Regions":
+    def on_slide(self, width: int, height: int, slide: str) -> Regions:
         """The regions cut to the slide; an error when none of them reaches into it."""
         frame = box(0, 0, width, height)
         kept = tuple(g for g in (p.intersection(frame) for p in self.polygons) if g.area > 0)
