@@ -148,7 +148,7 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
 
-    image = overlay(slide)
+    image = _veil_outside_regions(overlay(slide), slide)
     w, h = image.size
     fig_w = 9.0
     fig_h = max(3.0, fig_w * 0.82 * h / w + 1.3)
@@ -197,6 +197,23 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
 
 def _parts(geometry: Any) -> list[Any]:
     return list(getattr(geometry, "geoms", [geometry]))
+
+
+def _veil_outside_regions(image: Image.Image, slide: SlideMap) -> Image.Image:
+    """Grey out what lies outside ``--regions``: not scored, which uncoloured tissue inside
+    (low P(IDC)) must not be taken for."""
+    if slide.regions is None:
+        return image
+    from PIL import ImageDraw
+
+    sx, sy = slide.thumb_downsample
+    mask = Image.new("L", image.size, 0)
+    draw = ImageDraw.Draw(mask)
+    for polygon in _parts(slide.regions.geometry):
+        for ring, fill in [(polygon.exterior, 255), *((r, 0) for r in polygon.interiors)]:
+            draw.polygon([(x / sx, y / sy) for x, y in ring.coords], fill=fill)
+    grey = Image.blend(image, Image.new("RGB", image.size, (128, 128, 128)), 0.55)
+    return Image.composite(image, grey, mask)
 
 
 def write_tiles_csv(slide: SlideMap, path: Path) -> None:
