@@ -160,8 +160,9 @@ def test_through_the_configs_transforms_on_a_painted_scan_it_agrees_with_slide_m
 @pytest.fixture(scope="module")
 def other_graphs(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path,
                  trained_bundle: Path) -> dict[str, Path]:
-    """A random Lite0 with the 8-view TTA in its graph and temperature 1.7, and a fold
-    ensemble of the two suite bundles (one graph averaging their calibrated P(IDC))."""
+    """A random Lite0 with the 8-view TTA in its graph and temperature 1.7, a fold ensemble of
+    the two suite bundles (one graph averaging their calibrated P(IDC)), and that ensemble with
+    its weights stored in float16."""
     from idcscan.preprocessing import Preprocessing
     from idcscan.training.ensemble import build_ensemble
     from idcscan.training.export import export_bundle
@@ -175,11 +176,43 @@ def other_graphs(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path,
                   data={"source": "random weights (test)"})
     build_ensemble([tiny_bundle, trained_bundle], root / "ensemble", threshold=0.5,
                    threshold_rule="fixed")
-    return {"tta": root / "tta", "ensemble": root / "ensemble"}
+    shutil.copytree(root / "ensemble", root / "float16")
+    store_weights_in_float16(root / "float16")
+    return {"tta": root / "tta", "ensemble": root / "ensemble", "float16": root / "float16"}
 
 
-@pytest.mark.parametrize("kind", ["tta", "ensemble"])
-def test_tta_temperature_and_ensembles_survive_the_conversion_exactly(
+def store_weights_in_float16(folder: Path) -> None:
+    """Large weights kept as float16 initializers, each cast to float32 by a Cast node at
+    load: how the shipped model stores its members (half the file size)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from idcscan.runtime.bundle import sha256_file
+
+    bundle = load_bundle(folder)
+    model = onnx.load(str(bundle.onnx_path))
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size >= 1024:
+            kept.append(numpy_helper.from_array(array.astype(np.float16), f"{init.name}/fp16"))
+            casts.append(helper.make_node("Cast", [f"{init.name}/fp16"], [init.name],
+                                          to=onnx.TensorProto.FLOAT))
+        else:
+            kept.append(init)
+    assert casts
+    nodes = casts + list(graph.node)
+    del graph.initializer[:], graph.node[:]
+    graph.initializer.extend(kept)
+    graph.node.extend(nodes)
+    onnx.save(model, str(bundle.onnx_path))
+    card = bundle.card.model_copy(update={"onnx_sha256": sha256_file(bundle.onnx_path)})
+    write_card(card, folder)
+
+
+@pytest.mark.parametrize("kind", ["tta", "ensemble", "float16"])
+def test_tta_temperature_ensembles_and_float16_weights_survive_the_conversion_exactly(
         kind: str, other_graphs: dict[str, Path], synthetic_kaggle: Path, tmp_path: Path) -> None:
     from idcscan.interop.wsinfer import export_wsinfer
     from idcscan.preprocessing import to_patch

@@ -5,7 +5,8 @@ weights, and the dihedral TTA, the in-graph Reinhard stain normalisation and the
 network's input size live in the graph. So the torch module is converted from the graph
 itself (onnx2torch), not rebuilt from training code. onnx2torch's converters stop short of
 the opset idcscan exports at, so the graph is first cut down to its ``logit`` output (the
-Grad-CAM branch is of no use to WSInfer or QuPath), converted to opset 17 by ONNX's own version
+Grad-CAM branch is of no use to WSInfer or QuPath), weights stored in float16 and cast at load
+are folded into float32 weights, the graph is converted to opset 17 by ONNX's own version
 converter, and Reshape's ``allowzero`` flag is cleared: for a tensor that has any elements a
 valid reshape target contains no zero, so the flag changes nothing there.
 
@@ -29,7 +30,7 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import version_converter
+from onnx import helper, numpy_helper, version_converter
 
 from idcscan.errors import IdcscanError
 from idcscan.runtime.bundle import Bundle
@@ -48,9 +49,33 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def fold_initializer_casts(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights stored at a smaller precision and cast at load (the shipped model keeps them in
+    float16) become plain initializers of the cast type: onnx2torch takes a Conv's or Gemm's
+    weights only from initializers. Exact: the cast is what every engine computes at load."""
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes, folded = [], []
+    for node in graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and len(node.input) == 1 and node.input[0] in weights:
+            array = numpy_helper.to_array(weights[node.input[0]])
+            dtype = helper.tensor_dtype_to_np_dtype(to)
+            folded.append(numpy_helper.from_array(array.astype(dtype), node.output[0]))
+        else:
+            nodes.append(node)
+    if folded:
+        used = {name for node in nodes for name in node.input}
+        kept = [init for init in graph.initializer if init.name in used]
+        del graph.node[:], graph.initializer[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(kept + folded)
+    return model
+
+
 def logit_graph(onnx_path: Path) -> onnx.ModelProto:
     """The bundle's graph, cut to ``image -> logit`` at an opset onnx2torch converts."""
-    model = onnx.load(str(onnx_path))
+    model = fold_initializer_casts(onnx.load(str(onnx_path)))
     names = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if "logit" not in outputs or len(names) != 1:
