@@ -239,3 +239,19 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("slide-bundle")
     export_bundle(net.eval(), out, threshold=0.5, data={"source": "two synthetic textures"})
     return out
+
+
+@pytest.fixture(scope="session")
+def painted_map(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``slide_helpers``' painted pyramid (``ROOT/slides/scan.tif``), mapped whole by
+    ``trained_bundle`` with the default options into ``ROOT/maps/scan/``; read-only."""
+    from slide_helpers import paint_slide, write_pyramid
+
+    from idcscan.maps.run import analyse_slide
+    from idcscan.runtime.predictor import Predictor
+
+    root = tmp_path_factory.mktemp("painted")
+    (root / "slides").mkdir()
+    write_pyramid(root / "slides" / "scan.tif", paint_slide())
+    analyse_slide(Predictor(trained_bundle), root / "slides" / "scan.tif", root / "maps")
+    return root

@@ -71,7 +71,7 @@ def test_reader_goes_down_the_pyramid(pyramid: Path) -> None:
 def test_idc_is_mapped_where_it_was_painted(mapped: Path) -> None:
     folder = mapped / "scan"
     assert {p.name for p in folder.iterdir()} == {
-        "heatmap.png", "tissue.png", "tiles.csv", "idc.geojson", "summary.json",
+        "heatmap.png", "tissue.png", "tiles.csv", "idc.geojson", "tiles.geojson", "summary.json",
         "qc_mask.png", "qc_tiles.csv",
     }  # fmt: skip
     summary = json.loads((folder / "summary.json").read_text())

@@ -74,6 +74,14 @@ app = _App(
 )
 
 
+def command_group(name: str, help: str) -> _App:
+    """A group of sub-commands (``idcscan <name> <command>``) with the same error handling."""
+    group = _App(name=name, help=help, epilog=DISCLAIMER, no_args_is_help=True,
+                 pretty_exceptions_enable=False, add_completion=False)
+    app.add_typer(group, name=name)
+    return group
+
+
 def print_error(message: str) -> None:
     """``error: ...`` on one line of stderr; the message's own brackets are not markup."""
     console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False)

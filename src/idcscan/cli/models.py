@@ -1,5 +1,6 @@
 """CLI commands about model bundles: ``quantize`` a bundle, build the ``demo`` bundle, print a
-bundle's ``card``, list the shipped ``models``."""
+bundle's ``card``, list the shipped ``models``, ``export wsinfer`` a bundle for WSInfer and
+QuPath."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from idcscan.cli.app import app, console, out, print_disclaimer
+from idcscan.cli.app import app, command_group, console, out, print_disclaimer
 from idcscan.cli.arguments import BUNDLE_HELP
 from idcscan.errors import IdcscanError
 
@@ -191,4 +192,37 @@ def build_shipped(
     card = result.bundle.card
     out.print(f"{card.name}: {result.bundle.path} ({card.data.get('n_patients')} patients, "
               f"{card.data.get('n_patches'):,} patches)", highlight=False, soft_wrap=True)
+    print_disclaimer()
+
+
+export = command_group("export", "Export a model for other tools (WSInfer and QuPath).")
+
+
+@export.command("wsinfer")
+def export_wsinfer(
+    bundle: Path = typer.Argument(..., help=BUNDLE_HELP, show_default=False),
+    out_dir: Path = typer.Option(
+        ..., "--out", "-o", help="The model folder to write; QuPath lists the model under its "
+        "name."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Write a WSInfer / QuPath model folder: config.json, torchscript_model.pt, README.md.
+
+    The TorchScript model outputs two logits (non-IDC, IDC) whose softmax is idcscan's P(IDC) for the same patch, the model's TTA and calibration included; it is checked against ONNX Runtime before it is written. Copy the folder to <QuPath user directory>/wsinfer/local/ for QuPath's WSInfer extension, or run `wsinfer run -c config.json -p torchscript_model.pt`. See docs/QUPATH.md.
+    """  # noqa: E501
+    try:
+        from idcscan.interop.wsinfer import export_wsinfer as export_folder
+    except ImportError as exc:
+        raise IdcscanError(f"Exporting for WSInfer needs torch and onnx2torch ({exc}); install "
+                           "them with `pip install 'idcscan[interop]'`.") from exc
+
+    with console.status("Converting the model to TorchScript and checking it…"):
+        result = export_folder(str(bundle), out_dir, overwrite=force)
+    out.print(f"WSInfer model folder written to [bold]{result.path}[/] (torch "
+              f"{result.torch_version}).", highlight=False)
+    out.print(f"P(IDC) matches ONNX Runtime on {result.check['patches']} patches (largest "
+              f"difference {result.check['max_abs_prob_diff']:.1e}).", highlight=False)
+    out.print(f"QuPath: copy it to <QuPath user directory>/wsinfer/local/{result.name}/ ; "
+              f"WSInfer: wsinfer run -i SLIDES -o RESULTS -c {result.path / 'config.json'} "
+              f"-p {result.path / 'torchscript_model.pt'}", highlight=False, markup=False)
     print_disclaimer()

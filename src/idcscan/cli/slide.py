@@ -56,11 +56,16 @@ def slide(
         "can feed), local:N (N workers), tcp://HOST:PORT or a scheduler file (an existing "
         "cluster whose workers see the same paths). Also writes OUT/report.html.",
     ),
+    regions: Path | None = typer.Option(
+        None, "--regions", help="GeoJSON of annotations in level-0 pixels (QuPath: File > "
+        "Export objects as GeoJSON): score only the tissue inside them (a tile counts when its "
+        "centre lies inside); areas and the IDC fraction are over the regions. One slide only."
+    ),
     runtime: str | None = runtime_option(),
 ) -> None:
     """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.
 
-    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, summary.json} and OUT/summary.csv. Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide whose folder is complete is skipped, so re-running a command resumes it.
+    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, tiles.geojson, summary.json} and OUT/summary.csv; tiles.geojson opens in QuPath (File > Import objects from file). Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide whose folder is complete is skipped, so re-running a command resumes it.
     """  # noqa: E501  (one line per paragraph: the help wraps it)
     from idcscan.runtime.bundle import load_bundle
     from idcscan.runtime.predictor import Predictor
@@ -69,6 +74,7 @@ def slide(
     from idcscan.maps.run import run_slides
 
     check_bundle_first("slide", bundle, inputs)
+    drawn = _read_regions(regions, inputs, out_dir) if regions is not None else None
     apply_runtime(runtime)  # local Dask workers inherit it; a remote cluster's read their own
     # one load (and checksum) of the bundle here; cohort workers load their own
     predictor = Predictor(bundle, batch_size=batch_size) if cluster is None else None
@@ -77,6 +83,7 @@ def slide(
         print_warning("DEMO model trained on synthetic data: its maps mean nothing.")
     options = SlideOptions(
         mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold,
+        regions=drawn,
         **({} if context is None else {"context": context}),  # None: the library's default
     )
     with warnings.catch_warnings(record=True) as caught:
@@ -103,10 +110,12 @@ def slide(
             highlight=False,
         )
     for s in report.done:
+        inside = (f" inside {s.regions['count']} drawn region(s) of "
+                  f"{s.regions['area_mm2']:.2f} mm²" if s.regions else "")
         out.print(
             f"{s.slide}: IDC (P(IDC) >= {s.threshold:.2%}) in {s.idc_fraction:.1%} of "
-            f"{s.n_tiles} tissue tiles "
-            f"({s.idc_area_mm2:.2f} of {s.tissue_area_mm2:.2f} mm², {s.n_regions} region(s)) "
+            f"{s.n_tiles} tissue tiles{inside} "
+            f"({s.idc_area_mm2:.2f} of {s.tissue_area_mm2:.2f} mm², {s.n_regions} IDC region(s)) "
             f"in {s.timings.get('total', 0):.1f} s -> {out_dir / s.slide}",
             highlight=False,
         )
@@ -121,6 +130,31 @@ def slide(
         details = "; ".join(msg if str(p) in msg else f"{p}: {msg}" for p, msg in report.failed)
         raise IdcscanError(f"{len(report.failed)} of {len(report.failed) + len(report.done)} "
                            f"slides failed: {details}")
+
+
+def _read_regions(path: Path, inputs: list[Path], out_dir: Path):  # -> Regions
+    """The regions of ``--regions``, for the one slide they were drawn on."""
+    import json
+
+    from idcscan.maps.mapper import SUMMARY_JSON
+    from idcscan.maps.regions import read_regions
+    from idcscan.maps.run import slide_name
+
+    if len(inputs) != 1 or inputs[0].is_dir():
+        raise IdcscanError("--regions were drawn on one slide: give that one slide file, not "
+                           f"{'a folder' if inputs and inputs[0].is_dir() else len(inputs)} "
+                           "(map other slides in separate commands).")
+    drawn = read_regions(path)
+    finished = out_dir / slide_name(inputs[0]) / SUMMARY_JSON
+    if finished.is_file():  # it would be skipped, and its numbers are not these regions'
+        before = json.loads(finished.read_text()).get("regions") or {}
+        if before.get("file") != drawn.file:
+            raise IdcscanError(
+                f"{finished.parent} is already mapped "
+                + (f"inside {before.get('file')}" if before else "over the whole slide")
+                + "; delete it or choose another --out to map these regions."
+            )
+    return drawn
 
 
 @app.command()

@@ -23,6 +23,7 @@ import numpy as np
 from idcscan import DISCLAIMER
 from idcscan.errors import IdcscanError
 from idcscan.maps.context import check_context, sigma_in_cells, smooth_probabilities
+from idcscan.maps.regions import Regions
 from idcscan.runtime.labels import CONTEXT_SIGMA, area_threshold
 from idcscan.runtime.predictor import Predictor
 from idcscan.slides.qc import KIND_CODES, KINDS, QCParams, blurry, paint_tiles, screen_tiles
@@ -65,6 +66,8 @@ class SlideOptions:
     qc: QCParams = field(default_factory=QCParams)
     #: refuse a grid of more tiles than this (a server's bound on one job; None: no bound)
     max_tiles: int | None = None
+    #: score only the tissue inside these regions (``idcscan.maps.regions``; None: all of it)
+    regions: Regions | None = None
 
 
 @dataclass
@@ -104,6 +107,8 @@ class SlideSummary:
     context: float = 0.0
     #: the slide's own stains, for a bundle that normalises per group ({} otherwise)
     stain: dict[str, Any] = field(default_factory=dict)
+    #: the regions the map was restricted to (``Regions.describe``; {} for the whole slide)
+    regions: dict[str, Any] = field(default_factory=dict)
     disclaimer: str = DISCLAIMER
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +119,7 @@ class SlideSummary:
         "slide", "path", "width", "height", "mpp", "mpp_source", "level", "tile_size",
         "stride", "n_tiles", "n_idc_tiles", "tissue_area_mm2", "idc_area_mm2",
         "idc_fraction", "n_regions", "threshold", "context", "tta", "time_total_s", "model",
-        "model_sha256", "demo", "qc_excluded_mm2",
+        "model_sha256", "demo", "qc_excluded_mm2", "regions",
     )  # fmt: skip
 
     def csv_row(self) -> dict[str, Any]:
@@ -122,6 +127,8 @@ class SlideSummary:
         row["time_total_s"] = self.timings.get("total")
         row["model"] = f"{self.model.get('name')} {self.model.get('version')}"
         row["model_sha256"] = self.model.get("sha256")
+        row["regions"] = (f"{self.regions['count']} region(s) in {self.regions['file']}"
+                          if self.regions else "")
         return row
 
 
@@ -158,6 +165,8 @@ class SlideMap:
     qc_tile_index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     qc_tile_kind: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))
     qc_params: QCParams = field(default_factory=QCParams)
+    #: the regions scored (on the slide), None for the whole slide
+    regions: Regions | None = None
 
     def qc_origins(self) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = np.divmod(self.qc_tile_index, self.grid.cols)
@@ -218,6 +227,7 @@ class SlideMap:
                 for kind in KINDS
             },
             qc=self.qc_params.to_dict(),
+            regions=self.regions.describe(self.mpp) if self.regions is not None else {},
         )
 
 
@@ -325,6 +335,12 @@ def map_slide(
         mask_source, mask, xs, ys, grid.tile, scale_x, mpp, options.tissue.min_tissue_fraction,
         options.qc,
     )  # fmt: skip
+    regions = None
+    if options.regions is not None:  # tiles (and QC'd tiles) whose centres lie inside
+        regions = options.regions.on_slide(grid.width, grid.height, reader.name)
+        inside = regions.tiles_inside(grid)
+        tile_index = tile_index[inside[tile_index]]
+        left_out, kinds = left_out[inside[left_out]], kinds[inside[left_out]]
     qc_index, qc_kind = [left_out], [kinds]
     t_tissue = time.perf_counter() - t0
 
@@ -369,6 +385,8 @@ def map_slide(
     patch_probabilities = probabilities
     probabilities = smooth_probabilities(rows, cols, patch_probabilities, sigma)
     cells = grid.cell_means(tile_index, probabilities)
+    if regions is not None:  # a cell belongs where its centre lies, like a tile
+        cells[~regions.cells_inside(grid)] = np.nan
     return SlideMap(
         name=name or Path(reader.name).stem,
         path=reader.name,
@@ -399,6 +417,7 @@ def map_slide(
         qc_tile_index=qc_tiles,
         qc_tile_kind=qc_kinds,
         qc_params=options.qc,
+        regions=regions,
         timings={
             "read": prefetch.read_seconds,
             "tissue": t_tissue,

@@ -3,6 +3,8 @@
 ``tiles.csv``      x, y (tile top-left, level-0 px), probability: tissue tiles only
 ``idc.geojson``    IDC regions as a FeatureCollection of Polygons in level-0 px, with the
                    ``objectType``/``classification`` properties QuPath imports as annotations
+``tiles.geojson``  every scored tile as a QuPath tile object, classified IDC / non-IDC by the
+                   area rule, with P(IDC) mapped and alone as measurements (``maps.qupath``)
 ``heatmap.png``    P(IDC) over the thumbnail, colour bar, IDC outlines, the disclaimer
 ``tissue.png``     the thumbnail with what was not treated as tissue dimmed in blue
 ``qc_mask.png``    artefact QC labels over the tissue mask's pixels (palette PNG: value 0
@@ -28,10 +30,10 @@ from scipy import ndimage
 from idcscan import DISCLAIMER
 from idcscan.maps.colour import ALPHA_FROM, OUTLINE_COLOR, blend, idc_rgba
 from idcscan.maps.polygons import GridPolygon, mask_polygons
+from idcscan.maps.qupath import IDC_COLOR, tiles_geojson
 from idcscan.slides.qc import KINDS, qc_layer
 from idcscan.maps.mapper import SUMMARY_JSON, SlideMap, SlideSummary
 
-IDC_COLOR = (230, 25, 75)
 #: opacity of the P(IDC) colours over the thumbnail where P(IDC) is high (colour.opacity)
 OVERLAY_ALPHA = 0.75
 
@@ -146,7 +148,7 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
 
-    image = overlay(slide)
+    image = _veil_outside_regions(overlay(slide), slide)
     w, h = image.size
     fig_w = 9.0
     fig_h = max(3.0, fig_w * 0.82 * h / w + 1.3)
@@ -160,13 +162,21 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
             pts = np.asarray(_vertices(ring, slide), dtype=np.float64)
             ax.plot(pts[:, 0] / sx - 0.5, pts[:, 1] / sy - 0.5, color=OUTLINE_COLOR,
                     linewidth=0.9)
+    if slide.regions is not None:  # what was scored, drawn the way QuPath draws annotations
+        for polygon in _parts(slide.regions.geometry):
+            for ring in [polygon.exterior, *polygon.interiors]:
+                pts = np.asarray(ring.coords, dtype=np.float64)
+                ax.plot(pts[:, 0] / sx - 0.5, pts[:, 1] / sy - 0.5, color="white",
+                        linewidth=1.4, linestyle=(0, (4, 2)))
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
     demo = "DEMO MODEL, trained on synthetic data: means nothing.\n" if slide.demo else ""
+    where = ("" if slide.regions is None else
+             f" inside {slide.regions.count} drawn region(s) (white dashes)")
     ax.set_title(
-        f"{demo}{slide.name}: IDC in {fraction:.1%} of {len(slide.probabilities)} tissue tiles "
-        f"(P(IDC) >= {slide.threshold:.2%}, outlined)",
+        f"{demo}{slide.name}: IDC in {fraction:.1%} of {len(slide.probabilities)} tissue tiles"
+        f"{where} (P(IDC) >= {slide.threshold:.2%}, outlined)",
         fontsize=10,
         color="#a3172c" if slide.demo else "black",
     )
@@ -183,6 +193,27 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     buf = io.BytesIO()
     fig.savefig(buf, format="png", pil_kwargs={"compress_level": 3})
     return buf.getvalue()
+
+
+def _parts(geometry: Any) -> list[Any]:
+    return list(getattr(geometry, "geoms", [geometry]))
+
+
+def _veil_outside_regions(image: Image.Image, slide: SlideMap) -> Image.Image:
+    """Grey out what lies outside ``--regions``: not scored, which uncoloured tissue inside
+    (low P(IDC)) must not be taken for."""
+    if slide.regions is None:
+        return image
+    from PIL import ImageDraw
+
+    sx, sy = slide.thumb_downsample
+    mask = Image.new("L", image.size, 0)
+    draw = ImageDraw.Draw(mask)
+    for polygon in _parts(slide.regions.geometry):
+        for ring, fill in [(polygon.exterior, 255), *((r, 0) for r in polygon.interiors)]:
+            draw.polygon([(x / sx, y / sy) for x, y in ring.coords], fill=fill)
+    grey = Image.blend(image, Image.new("RGB", image.size, (128, 128, 128)), 0.55)
+    return Image.composite(image, grey, mask)
 
 
 def write_tiles_csv(slide: SlideMap, path: Path) -> None:
@@ -222,6 +253,8 @@ def write_outputs(
     n_idc = int(np.count_nonzero(slide.probabilities >= slide.threshold))
     write_tiles_csv(slide, directory / "tiles.csv")
     (directory / "idc.geojson").write_text(json.dumps(geojson(slide, polygons)) + "\n")
+    (directory / "tiles.geojson").write_text(
+        json.dumps(tiles_geojson(slide), separators=(",", ":")) + "\n")
     (directory / "heatmap.png").write_bytes(
         heatmap_figure_png(slide, polygons, n_idc / n_tiles if n_tiles else 0.0)
     )
