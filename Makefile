@@ -3,31 +3,51 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 IDCSCAN := $(VENV)/bin/idcscan
-STAMP := $(VENV)/.idcscan-installed
+# What each install holds: base (serving, prediction, slide mode: no torch, no test tools)
+# and dev (training, interop and the test tools on top).
+BASE_STAMP := $(VENV)/.idcscan-base
+DEV_STAMP := $(VENV)/.idcscan-dev
 
+HOST ?= 127.0.0.1
+PORT ?= 5000
 DEMO_DIR ?= demo
 DATA ?=
 DEMO_MINUTES ?= 3
-HOST ?= 127.0.0.1
-PORT ?= 5000
+# The shared Kaggle subset the shipped model is built from (`make shipped-model`).
+KAGGLE ?= ../shared/data/idc-kaggle-subset
 
-.PHONY: install test demo demo-bundle clean
+.PHONY: install install-dev test demo demo-train shipped-model clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+$(BASE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(BASE_STAMP) $@
 
-install: $(STAMP)
+install: $(BASE_STAMP)
+install-dev: $(DEV_STAMP)
 
-test: install
+test: $(DEV_STAMP)
 	$(PY) -m pytest -q
 
-# The demo bundle is cached: a second `make demo` serves at once.
-demo: install
+# The shipped model and the real example section, served at once: nothing to train.
+demo: $(BASE_STAMP)
+	$(IDCSCAN) serve default --examples --host $(HOST) --port $(PORT)
+
+# The synthetic training demo: trains a model on synthetic patches (marked as such everywhere).
+demo-train: $(DEV_STAMP)
 	$(IDCSCAN) demo --out $(DEMO_DIR) --minutes $(DEMO_MINUTES) $(if $(DATA),--data $(DATA),)
 	$(IDCSCAN) serve $(DEMO_DIR)/$(if $(DATA),real,synthetic)/run/bundle --host $(HOST) --port $(PORT)
 
+# Rebuild the shipped model (and its examples) from the Kaggle data with its fixed seed.
+shipped-model: $(DEV_STAMP)
+	$(IDCSCAN) build-shipped $(KAGGLE) --work shipped-build $(if $(OOF),$(foreach f,$(OOF),--oof $(f)),)
+
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache test-artifacts
+	rm -rf $(DEMO_DIR) .pytest_cache test-artifacts shipped-build

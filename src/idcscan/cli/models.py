@@ -169,26 +169,34 @@ def models() -> None:
 def build_shipped(
     kaggle: Path = typer.Argument(..., help="The Kaggle patches (IDC_regular_ps50_idx5/ or its "
                                             "parent)."),
-    out_dir: Path = typer.Option(..., "--out", help="Where the bundle goes (the package's "
-                                                    "src/idcscan/shipped/NAME to ship it)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Where the bundle goes. Default: the package's shipped models "
+        "(src/idcscan/shipped/NAME in a checkout), made the default there."),
     work: Path = typer.Option(Path("shipped-build"), help="Working folder: packed data and "
                                                           "the members' runs (resumable)."),
     oof: list[Path] = typer.Option(
         [], help="Out-of-fold predictions of each member's recipe under CV (one CSV per "
-                 "member, in order): the card's expected accuracy comes from them."),
+                 "member, in order): the card's expected accuracy comes from them. Without "
+                 "it, the estimate of the model being replaced is kept."),
+    examples: bool = typer.Option(
+        True, "--examples/--no-examples", help="With the default --out, also write the "
+        "example patches and section that ship beside the model."),
 ) -> None:
     """Rebuild the shipped model from the Kaggle data: the recipe chosen under CV, trained on
     every patient with a fixed seed (docs/MODELS.md)."""
     import shlex
     import sys
 
-    from idcscan.training.pipelines import SHIPPED_RECIPE
+    from idcscan.training.pipelines import SHIPPED_RECIPE, install_shipped
     from idcscan.training.pipelines import build_shipped as build
 
     command = shlex.join(["idcscan", *sys.argv[1:]])
+    target = out_dir or work / "bundle-out"
     with console.status(f"Training {len(SHIPPED_RECIPE.members)} member(s) of "
                         f"{SHIPPED_RECIPE.name} on every patient..."):
-        result = build(kaggle, out_dir, work, oof=oof, command=command)
+        result = build(kaggle, target, work, oof=oof, command=command)
+        if out_dir is None:
+            result = install_shipped(result, kaggle, examples=examples)
     card = result.bundle.card
     out.print(f"{card.name}: {result.bundle.path} ({card.data.get('n_patients')} patients, "
               f"{card.data.get('n_patches'):,} patches)", highlight=False, soft_wrap=True)

@@ -47,6 +47,10 @@ def serve(
         None, help="Folder of whole slides to browse (searched recursively): a slide browser at "
         "/browse and a deep-zoom viewer with the IDC map.",
     ),
+    examples: bool = typer.Option(
+        False, "--examples", help="Browse the real example section that ships with idcscan "
+        "(one Kaggle patient's tissue, at 4 µm/px) instead of a --slides folder.",
+    ),
     maps: Path | None = typer.Option(
         None, help="Where maps made from the viewer are kept (default: ~/.cache/idcscan/maps).",
     ),
@@ -78,6 +82,14 @@ def serve(
 
     loaded = load_bundle(bundle)  # refuse a bad bundle before binding anything
     apply_runtime(runtime)  # every worker process reads it from the environment
+    if examples:
+        from idcscan.runtime.shipped import examples_dir
+
+        if slides is not None:
+            raise IdcscanError("Give --slides or --examples, not both.")
+        if examples_dir() is None:
+            raise IdcscanError("This install has no example slides; give --slides DIR.")
+        slides = examples_dir() / "slides"
     if slides is not None and not slides.is_dir():
         raise IdcscanError(f"--slides {slides} is not a folder; give the folder of your slides.")
     check_tls(certfile, keyfile)
@@ -102,8 +114,9 @@ def serve(
                       "or send the header Authorization: Bearer TOKEN. Give --token to choose "
                       "one.", highlight=False)
     if slides is not None:
+        what = "The example section" if examples else f"Slides in [cyan]{slides}[/]"
         console.print(
-            f"Slides in [cyan]{slides}[/]: browse them at {access.url('/browse')}",
+            f"{what}: browse {'it' if examples else 'them'} at {access.url('/browse')}",
             highlight=False, soft_wrap=True,
         )
     for warning in access.warnings:

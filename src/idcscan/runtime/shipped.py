@@ -17,6 +17,8 @@ from idcscan.errors import IdcscanError
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "shipped"
 INDEX = "index.json"
+#: Real example tissue that ships beside the models (``idcscan.data.examples`` writes it).
+EXAMPLES = "examples"
 #: The name that always means the recommended shipped model.
 DEFAULT = "default"
 
@@ -80,3 +82,9 @@ def resolve_bundle_path(spec: str | Path, root: Path | None = None) -> Path:
     listed = ", ".join(names) if names else "none in this install"
     raise IdcscanError(f"No model bundle at {text}: no such folder, and not a shipped model's "
                        f"name ({listed}; `idcscan models` lists them).")
+
+
+def examples_dir() -> Path | None:
+    """The shipped examples (``patches/``, ``slides/``, ``examples.json``), if installed."""
+    folder = SHIPPED_DIR / EXAMPLES
+    return folder if (folder / "examples.json").is_file() else None

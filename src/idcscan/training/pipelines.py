@@ -253,3 +253,35 @@ def build_shipped(kaggle: str | Path, out: str | Path, work: str | Path,
         shutil.rmtree(out)
     shutil.copytree(staging, out)
     return ShippedResult(bundle=load_bundle(out), members=members)
+
+
+def install_shipped(result: ShippedResult, kaggle: str | Path,
+                    examples: bool = True) -> ShippedResult:
+    """Put a built model among the package's shipped models as the default (``index.json``),
+    keeping the expected accuracy of the model it replaces when the build measured none, and
+    write the example tissue beside it."""
+    import json
+
+    from idcscan.data.examples import build_examples
+    from idcscan.runtime.shipped import EXAMPLES, INDEX, SHIPPED_DIR
+
+    card = result.bundle.card
+    target = SHIPPED_DIR / card.name
+    extra = card.model_extra or {}
+    if "expected_accuracy" not in extra and (target / CARD_NAME).is_file():
+        previous = (load_bundle(target).card.model_extra or {}).get("expected_accuracy")
+        if previous:
+            write_card(ModelCard.model_validate({**card.model_dump(),
+                                                 "expected_accuracy": previous}),
+                       result.bundle.path)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(result.bundle.path, target)
+    index_path = SHIPPED_DIR / INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {"models": []}
+    index["default"] = card.name
+    index["models"] = [card.name] + [m for m in index.get("models", []) if m != card.name]
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    if examples:
+        build_examples(kaggle, SHIPPED_DIR / EXAMPLES)
+    return ShippedResult(bundle=load_bundle(target), members=result.members)
