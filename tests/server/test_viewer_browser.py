@@ -2,9 +2,9 @@
 
 A 20,000 x 20,000 pyramidal TIFF is generated for the test (mostly glass, three pieces of
 tissue), next to OpenSlide's real Aperio SVS and a damaged SVS. The test lists them, opens the
-big one, zooms in twice, pans, maps it from the page (progress bar, then the layers), toggles
-the map's display (outlines only, colours and outlines), and reads P(IDC) under the cursor against the server's own grid; then opens
-the SVS. Screenshots: test-artifacts/slides-browse.png, slides-viewer.png, slides-viewer-svs.png.
+big one, zooms in twice, pans, maps it from the page (progress bar, then the layers), switches
+the map to outlines only and back, and reads P(IDC) under the cursor against the server's own
+grid; then opens the SVS. Screenshots: test-artifacts/slides-browse.png, slides-viewer.png, slides-viewer-svs.png.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A training budget that ends annealed on a machine that slows down mid-run.
 
 The run is real (Lightning, the IDCModule, the data module, ScheduleFit), but time is a clock
-of the test's own: a callback "sleeps" on it, each step costing a fixed time,
-four times more once the machine gets busy a little way into phase 2. Everything ScheduleFit decides comes from
-that clock, so the outcome is the same on any machine, however loaded: no assertion here
+of the test's own: a callback "sleeps" on it, each step costing a fixed time, four times more
+once the machine gets busy a little way into phase 2. Everything ScheduleFit decides comes
+from that clock, so the outcome is the same on any machine, however loaded: no assertion here
 depends on how fast the test runs.
 
 The plan is made for the quiet machine. Re-planned only at round ends, the run met its hard
@@ -47,7 +47,6 @@ def run(prepared_data: Path, refits: bool, monkeypatch) -> dict:
 
     from idcscan.data.datamodule import IDCDataModule
     from idcscan.preprocessing import Preprocessing
-    from idcscan.training import callbacks
     from idcscan.training.callbacks import ScheduleFit
     from idcscan.training.module import IDCModule
     from idcscan.training.network import IDCNet

@@ -195,8 +195,8 @@ def run_cohort(
     """Map many slides on Dask, one task per slide; write summary.csv and report.html.
 
     Slides already mapped from the same file are skipped (resume), a name shared with a
-    different file already mapped there refuses the run; a failing slide is recorded (summary.csv ``status``
-    failed, ``error``) and the others go on. ``client``: an already connected
+    different file already mapped there refuses the run; a failing slide is recorded
+    (summary.csv ``status`` failed, ``error``) and the others go on. ``client``: an already connected
     ``distributed.Client`` to use instead of ``cluster``. ScaleWarnings raised on the
     workers are re-issued here, once per slide.
     """

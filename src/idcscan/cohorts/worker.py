@@ -6,8 +6,8 @@ intra-op threads set to the cores Dask gave that worker (its ``nthreads``), so N
 machine never start more inference threads than it has cores.
 
 The task is idempotent: outputs are built in a hidden folder and renamed into place
-(``analyse_slide``), and a slide already mapped from this very file is not redone. So when a worker dies and
-Dask reruns its slides elsewhere, or a whole run is killed and started again, nothing is
+(``analyse_slide``), and a slide already mapped from this very file is not redone. So when a
+worker dies and Dask reruns its slides elsewhere, or a whole run is killed and started again, nothing is
 mapped twice into a half-written folder, and nothing half-written is taken as finished.
 """
 

@@ -4,8 +4,9 @@ and sharding.
 ``analyse_slide`` maps a slide (``mapper.map_slide``) and writes the outputs other tools open
 (``outputs.write_outputs``) beside its siblings; ``run_slides`` walks a list of slides, skips
 the ones already mapped from the same file (``identity``: a folder's name alone never counts),
-records failures and keeps going, then writes ``summary.csv`` for the whole folder. ``idcscan slide``, the Dask cohort runner and the viewer's "map this slide" action
-all end in ``analyse_slide``, so their folders are the same files.
+records failures and keeps going, then writes ``summary.csv`` for the whole folder.
+``idcscan slide``, the Dask cohort runner and the viewer's "map this slide" action all end in
+``analyse_slide``, so their folders are the same files.
 """
 
 from __future__ import annotations
