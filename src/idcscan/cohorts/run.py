@@ -297,8 +297,7 @@ def _collect(
         return
     data = outcome["summary"]
     summary = SlideSummary(**{k: data[k] for k in SlideSummary.__dataclass_fields__ if k in data})
-    if outcome["status"] == "skipped":
-        result.skipped.append(path)
-    else:
-        result.done.append(summary)
+    # Only slides planned to be mapped reach a worker, so one a worker finds already mapped
+    # was mapped in this run, by an attempt whose result was lost with its worker: done.
+    result.done.append(summary)
     watcher.slide_done(name, summary.n_tiles)

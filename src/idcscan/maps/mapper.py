@@ -167,7 +167,7 @@ class SlideMap:
     qc_params: QCParams = field(default_factory=QCParams)
     fingerprint: str = ""
     tta_views: int = 1
-    #: P(IDC) scale at which the model was trained (µm/px), for the caveats
+    #: the scale the model was trained at (µm/px), for the caveats
     training_mpp: float = TRAINING_MPP
 
     def qc_origins(self) -> tuple[np.ndarray, np.ndarray]:
