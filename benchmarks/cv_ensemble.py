@@ -92,7 +92,7 @@ def main() -> None:
         if not (np.array_equal(r["row"], runs[0]["row"])
                 and np.array_equal(r["fold"], runs[0]["fold"])):
             raise SystemExit("The CV runs did not test the same patches in the same folds.")
-    print(f"| scored | views | pooled AUC (95% CI) | balanced accuracy (95% CI) |")
+    print("| scored | views | pooled AUC (95% CI) | balanced accuracy (95% CI) |")
     print("| --- | --- | --- | --- |")
     named = [(f"{cv.name}-{args.views}v", r) for cv, r in zip(args.cv, runs)]
     if len(runs) > 1:

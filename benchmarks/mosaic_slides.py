@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from idcscan.data.kaggle import layout_roots
-from idcscan.data.mosaic import MOSAIC_PNG, TRUTH_CSV, make_mosaic, scan_patient
+from idcscan.data.mosaic import make_mosaic, scan_patient
 from idcscan.data.packed import load_packed
 from idcscan.runtime.predictor import Predictor
 from idcscan.maps.run import analyse_slide
@@ -78,13 +78,13 @@ def score_patient(predictor: Predictor, patient_dir: Path, out: Path
     """Mosaic -> slide mode -> tiles matched to the patch labels at the same place."""
     pid = patient_dir.name
     mosaic, files = make_mosaic(patient_dir, out / "mosaics" / pid)
-    summary = analyse_slide(predictor, files[MOSAIC_PNG], out / "slides" / pid)
+    summary = analyse_slide(predictor, files["image"], out / "slides" / pid)
     rows = read_csv(out / "slides" / pid / summary.slide / "tiles.csv")
     tiles = {(int(r["x"]), int(r["y"])): float(r["probability"]) for r in rows}
     # the same tiles scored alone (no spatial context), as /predict would score them
     alone = {(int(r["x"]), int(r["y"])): float(r.get("patch_probability") or r["probability"])
              for r in rows}
-    truth = read_csv(files[TRUTH_CSV])
+    truth = read_csv(files["truth_csv"])
     matched = [(int(t["label"]), tiles[(int(t["x"]), int(t["y"]))],
                 alone[(int(t["x"]), int(t["y"]))])
                for t in truth if (int(t["x"]), int(t["y"])) in tiles]

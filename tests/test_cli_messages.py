@@ -92,7 +92,10 @@ def test_help_is_plain(bundle) -> None:
     assert "BUNDLE INPUT..." in out
 
 
-def test_predict_warns_per_large_file_and_marks_demo_rows(bundle, two_class_demo, tmp_path):
+def test_predict_refuses_sections_in_their_row_and_marks_demo_rows(bundle, two_class_demo,
+                                                                      tmp_path):
+    """A tissue section is not scored as one patch (as POST /predict refuses it): its row
+    carries a one-line error naming `idcscan slide`; the others are scored."""
     big = tmp_path / "section.png"
     Image.fromarray(np.full((700, 900, 3), 200, np.uint8)).save(big)
     medium = tmp_path / "medium.png"
@@ -100,25 +103,38 @@ def test_predict_warns_per_large_file_and_marks_demo_rows(bundle, two_class_demo
     out_csv = tmp_path / "rows.csv"
     patches = two_class_demo / "patches"
     result, out, err = run("predict", bundle, patches, big, medium, "-o", out_csv)
-    assert result.exit_code == 0, err
+    assert result.exit_code == 0, err  # eight patches and the medium image were scored
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 2
-    assert any(f"{big}: 900 x 700 px is a large image" in w and "idcscan slide" in w
-               for w in warnings)
-    assert any(f"{medium}: 100 x 100 px was resized" in w for w in warnings)
+    assert len(warnings) == 1 and f"{medium}: 100 x 100 px was resized" in warnings[0]
     assert err.count(DISCLAIMER) == 1
     assert "IDC Positive when P(IDC) >= 50.00%; flagged for review when P(IDC) >= 30.00%" in err
+    assert "9 images scored" in err and "1 not scored" in err
     rows = list(csv.DictReader(out_csv.open()))
     assert {r["demo"] for r in rows} == {"True"}
-    for r in rows:
+    by_name = {Path(r["path"]).name: r for r in rows}
+    section = by_name.pop("section.png")
+    assert section["class_name"] == "" and section["probability_positive"] == ""
+    assert section["error"].startswith(f"{big}: 900 x 700 px is a large image")
+    assert "not scored" in section["error"] and "idcscan slide" in section["error"]
+    assert "\n" not in section["error"]
+    for r in by_name.values():
         p = float(r["probability_positive"])
         assert r["class_name"] == ("IDC Positive" if p >= 0.5 else "IDC Negative")
         assert float(r["confidence"]) >= 0.5
         assert r["flagged"] == str(p >= 0.3)
-    assert {r["class_name"] for r in rows} == {"IDC Positive", "IDC Negative"}
-    by_name = {Path(r["path"]).name: r for r in rows}
-    assert "large image" in by_name["section.png"]["warning"]
+    assert {r["class_name"] for r in by_name.values()} == {"IDC Positive", "IDC Negative"}
     assert by_name["patch0.png"]["warning"] == ""
+
+
+def test_predict_on_a_section_alone_scores_nothing_and_exits_2(bundle, tmp_path):
+    big = tmp_path / "mosaic.png"
+    Image.fromarray(np.full((2100, 3182, 3), 210, np.uint8)).save(big)
+    result, out, err = run("predict", bundle, big)
+    assert result.exit_code == 2
+    (line,) = error_lines(err)
+    assert "3182 x 2100 px is a large image" in line and "idcscan slide" in line
+    assert "Nothing was scored" in line
+    assert "IDC Negative" not in out + err and "IDC Positive 1" not in out
 
 
 def test_slide_outputs_carry_the_demo_flag(bundle, tmp_path) -> None:
@@ -127,7 +143,7 @@ def test_slide_outputs_carry_the_demo_flag(bundle, tmp_path) -> None:
     arr = np.clip(np.full((150, 200, 3), (200, 110, 170)) + rng.integers(-30, 30, (150, 200, 3)),
                   0, 255).astype(np.uint8)
     Image.fromarray(arr).save(image)
-    result, out, err = run("slide", bundle, image, "--out", tmp_path / "maps")
+    result, out, err = run("slide", bundle, image, "--out", tmp_path / "maps", "--mpp", "4")
     assert result.exit_code == 0, err
     summary = json.loads((tmp_path / "maps" / "tissue" / "summary.json").read_text())
     assert summary["demo"] is True

@@ -66,7 +66,12 @@ class ImageError(IdcscanError):
 
 
 class ImageTooLarge(ImageError):
-    """More pixels than allowed, judged from the header (HTTP 413)."""
+    """More pixels than allowed, judged from the header (HTTP 413). ``size``: (width,
+    height) as the header claims it, when it could be read."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class BadImage(ImageError):
@@ -150,7 +155,7 @@ def decode_image(
                     )
                 )
             if image.width * image.height > max_pixels:
-                raise ImageTooLarge(_too_large(source, image.size, max_pixels))
+                raise ImageTooLarge(_too_large(source, image.size, max_pixels), image.size)
             try:
                 image.load()
             except Image.DecompressionBombError as exc:

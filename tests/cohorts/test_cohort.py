@@ -28,13 +28,14 @@ BROKEN = "d_broken"
 
 
 def plain_slide(path: Path, seed: int, width: int = 300, height: int = 200) -> Path:
-    """A PNG at the training scale: tissue on the left two thirds, an IDC block, glass."""
+    """A PNG at the training scale, recorded in the file (6350 dpi = 4 µm/px): tissue on the
+    left two thirds, an IDC block, glass."""
     rng = np.random.default_rng(seed)
     img = texture(rng, height, width, "glass")
     tissue = width * 2 // 3
     img[:, :tissue] = texture(rng, height, tissue, "normal")
     img[: height // 2, : tissue // 2] = texture(rng, height // 2, tissue // 2, "idc")
-    Image.fromarray(img).save(path)
+    Image.fromarray(img).save(path, dpi=(6350, 6350))
     return path
 
 

@@ -41,8 +41,12 @@ def test_patches_land_at_their_coordinates_with_truth(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["mosaic", str(src / "123"), "--out", str(out)])
     assert result.exit_code == 0, result.output
 
-    mosaic = np.asarray(Image.open(out / "mosaic.png"))
-    truth = np.asarray(Image.open(out / "truth.png"))
+    # named after the patient: mosaics of several patients share a folder, and their maps a name
+    assert sorted(p.name for p in out.iterdir()) == [
+        "123.png", "123_mosaic.json", "123_truth.csv", "123_truth.png"]
+    assert "idcscan slide BUNDLE" in result.output and "123.png" in result.output
+    mosaic = np.asarray(Image.open(out / "123.png"))
+    truth = np.asarray(Image.open(out / "123_truth.png"))
     assert mosaic.shape == (100, 130, 3)  # x 101..231, y 1..101
     assert truth.shape == (100, 130)
     assert (mosaic[0:50, 0:50] == 10).all()
@@ -55,17 +59,17 @@ def test_patches_land_at_their_coordinates_with_truth(tmp_path: Path) -> None:
     assert (truth[0:50, 50:130] == 255).all()
     assert truth[0:50, 0:50].max() == 0 and truth[50:, :].max() == 0
 
-    with open(out / "truth.csv", newline="") as fh:
+    with open(out / "123_truth.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == ["x", "y", "label"]
         rows = [(int(r["x"]), int(r["y"]), int(r["label"])) for r in reader]
     assert sorted(rows) == sorted(
         [(0, 0, 0), (50, 0, 1), (100, 0, 1), (0, 50, 0), (100, 50, 0)]
     )
-    meta = json.loads((out / "mosaic.json").read_text())
+    meta = json.loads((out / "123_mosaic.json").read_text())
     assert meta["mpp"] == 4.0 and meta["origin"] == {"x": 101, "y": 1}
     # the scale is in the PNG, so `idcscan slide` needs no --mpp for it
-    dpi = Image.open(out / "mosaic.png").info["dpi"]
+    dpi = Image.open(out / "123.png").info["dpi"]
     assert 25_400 / dpi[0] == pytest.approx(4.0, rel=1e-3)
 
 
@@ -90,7 +94,8 @@ def test_synthetic_patient_round_trips(tmp_path: Path) -> None:
         assert (mosaic.truth[r : r + h, c : c + w] == bool(patient.label[i])).all()
         covered[r : r + h, c : c + w] = True
     assert (mosaic.image[~covered] == 255).all()
-    with open(paths["truth.csv"], newline="") as fh:
+    assert paths["image"].name == f"{pid}.png"
+    with open(paths["truth_csv"], newline="") as fh:
         rows = {(int(r["x"]), int(r["y"])): int(r["label"]) for r in csv.DictReader(fh)}
     expected_rows = {
         (int(x) - min_x, int(y) - min_y): int(lab)

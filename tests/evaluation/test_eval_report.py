@@ -42,3 +42,21 @@ def test_report_flags_demo_models():
     assert "demo model" in text
     assert text.splitlines()[0] == ("# idcscan evaluation report: DEMO model trained on "
                                     "synthetic data")
+
+
+def test_calibration_and_tta_are_said_as_the_card_says_them():
+    """A class-balanced bundle (calibration "none") is not reported as temperature-scaled, and
+    TTA is what ran (the card's in-graph views), not what the flag asked for."""
+    text = render_report({**summary(calibration="none", temperature=1.0),
+                          "tta": True, "tta_views": 4,
+                          "tta_in_use": "4 flipped/rotated views averaged inside the model "
+                                        "(always on)"})
+    row = next(line for line in text.splitlines() if line.startswith("| Calibration |"))
+    assert row.startswith("| Calibration | none: P(IDC) is class-balanced")
+    assert "temperature scaling" not in text and "temperature-calibrated" not in text
+    assert "class-balanced P(IDC)" in text
+    assert "- Test-time augmentation: 4 flipped/rotated views averaged inside the model" in text
+    scaled = render_report(summary(calibration="temperature"))
+    assert "| Calibration | temperature scaling (T = 1.300)" in scaled
+    assert "temperature-calibrated P(IDC)" in scaled
+    assert "- Test-time augmentation: off" in scaled

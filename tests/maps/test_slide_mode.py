@@ -156,7 +156,7 @@ def test_rerun_skips_finished_slides(trained_bundle: Path, pyramid: Path, mapped
 
 
 def _plain_slides(folder: Path, n: int) -> list[Path]:
-    """Small PNGs at the training scale without scale metadata (the mpp is assumed)."""
+    """Small PNGs at the training scale without scale metadata (mapped with --mpp 4)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
@@ -175,13 +175,19 @@ def test_shards_then_resume_cover_every_slide_once(trained_bundle: Path, tmp_pat
     out = tmp_path / "out"
     runner = CliRunner()
     base = ["slide", str(trained_bundle), str(tmp_path / "in"), "--out", str(out)]
+    guessed = runner.invoke(app, [*base, "--shard", "1/2"])
+    # no scale in a plain PNG: never guessed, one line naming the way out, nothing written
+    assert guessed.exit_code == 2, guessed.output
+    assert "records no scale" in guessed.output and "--mpp" in guessed.output
+    assert not [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    base += ["--mpp", "4"]
     first = runner.invoke(app, [*base, "--shard", "1/2"])
     assert first.exit_code == 0, first.output
-    assert "assuming" in first.output  # no scale in a plain PNG: said, not hidden
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["slide0", "slide2"]
+    folders = lambda: sorted(p.name for p in out.iterdir() if p.is_dir() and p.name[0] != ".")  # noqa: E731
+    assert folders() == ["slide0", "slide2"]
     second = runner.invoke(app, [*base, "--shard", "2/2"])
     assert second.exit_code == 0, second.output
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["slide0", "slide1", "slide2"]
+    assert folders() == ["slide0", "slide1", "slide2"]
 
     again = runner.invoke(app, base)
     assert again.exit_code == 0 and "Skipped 3" in again.output
@@ -191,7 +197,7 @@ def test_shards_then_resume_cover_every_slide_once(trained_bundle: Path, tmp_pat
     for row in rows:
         assert 0.0 <= float(row["idc_fraction"]) <= 1.0
         assert int(row["n_tiles"]) == 4  # two tissue columns x two rows; glass skipped
-        assert row["mpp_source"] == "assumed"
+        assert row["mpp_source"] == "option" and row["warnings"] == ""
     assert len(paths) == 3
 
 
@@ -253,14 +259,19 @@ def _decode_data_url(url: str) -> Image.Image:
 
 def test_post_slide_maps_an_uploaded_image(client, tmp_path: Path) -> None:
     (path,) = _plain_slides(tmp_path, 1)
-    r = client.post("/slide?context=0",
-                    files={"file": ("slide0.png", path.read_bytes(), "image/png")})
+    upload = {"file": ("slide0.png", path.read_bytes(), "image/png")}
+    guessed = client.post("/slide?context=0", files=upload)
+    # the same rule as the command line and the viewer: no recorded scale, none given: refused
+    assert guessed.status_code == 400, guessed.text
+    assert "records no scale" in guessed.json()["error"]
+    assert "Scale" in guessed.json()["error"] and "--mpp" not in guessed.json()["error"]
+    r = client.post("/slide?context=0&mpp=4", files=upload)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["n_tiles"] == 4 and 0.0 <= body["idc_fraction"] <= 1.0
     assert body["context"] == 0.0
     assert body["disclaimer"] == DISCLAIMER
-    assert body["mpp_source"] == "assumed" and body["warnings"]
+    assert body["mpp_source"] == "option" and body["warnings"] == []
     image, heatmap = _decode_data_url(body["image"]), _decode_data_url(body["heatmap"])
     assert image.size == heatmap.size and heatmap.mode == "RGBA"
     alpha = np.asarray(heatmap)[..., 3]

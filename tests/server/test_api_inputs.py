@@ -76,10 +76,14 @@ def rgb() -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
 
 
-def assert_error(response: httpx.Response, status: int, *words: str) -> None:
+def assert_error(response: httpx.Response, status: int, *words: str, use: str | None = None
+                 ) -> None:
+    """The error answer: {"error"}, plus {"use"} where the upload belongs elsewhere."""
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"} and isinstance(body["error"], str) and len(body["error"]) > 15
+    assert set(body) == ({"error"} if use is None else {"error", "use"}), body
+    assert body.get("use") == use
+    assert isinstance(body["error"], str) and len(body["error"]) > 15
     for word in words:
         assert word.lower() in body["error"].lower(), body["error"]
 
@@ -172,7 +176,8 @@ def test_bad_query_parameter_is_400_not_422(client, rgb) -> None:
 def test_over_the_limit_by_content_length(client) -> None:
     body = multipart("file", "big.png", b"\0" * 200_000)
     response = client.post("/predict", content=body, headers={"Content-Type": MULTIPART})
-    assert_error(response, 413, "limit")
+    # too large for a patch: the large-image view, with its larger limits, is named
+    assert_error(response, 413, "limit", "POST /slide", use="/slide")
 
 
 def test_over_the_limit_while_streaming_without_or_with_a_lying_length(app) -> None:
@@ -201,15 +206,15 @@ def test_over_the_limit_while_streaming_without_or_with_a_lying_length(app) -> N
     lying = {"Content-Type": MULTIPART, "Content-Length": "900"}
     for headers in (chunked, lying):
         response, sent = asyncio.run(run(headers))
-        assert_error(response, 413, "limit")
+        assert_error(response, 413, "limit", use="/slide")
         assert sent <= limit + 2 * chunk + 1024
 
 
 def test_decompression_bomb_is_413_from_the_header(client) -> None:
-    for width, height in ((100_000, 100_000), (8000, 8000)):
+    for width, height, use in ((100_000, 100_000, None), (8000, 8000, "/slide")):
         files = {"file": ("bomb.png", png_claiming(width, height))}
         response = client.post("/predict", files=files)
-        assert_error(response, 413, "pixels")
+        assert_error(response, 413, "pixels", use=use)
 
 
 @pytest.mark.parametrize(

@@ -158,3 +158,25 @@ def test_docs_and_redoc_are_served_from_the_package(client) -> None:
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
         assert client.get(f"/static/vendor/swagger-ui/{asset}").status_code == 200
     assert client.get("/static/vendor/redoc/redoc.standalone.js").status_code == 200
+
+
+def test_a_12000_px_image_is_413_pointing_to_slide(client) -> None:
+    """Too many pixels for /predict is still 413, but names the large-image view that takes
+    it; over /slide's limit as well, it names the command line instead."""
+    from idcscan.server.state import ServerSettings
+
+    from test_api_inputs import png_claiming
+
+    response = client.post("/predict", files={"file": ("section.png",
+                                                        png_claiming(12_000, 12_000))})
+    assert response.status_code == 413
+    body = response.json()
+    assert body["use"] == "/slide" and "POST /slide" in body["error"]
+    assert "12000 x 12000" in body["error"]
+    assert f"{ServerSettings().max_slide_pixels:,} pixels" in body["error"]
+    huge = client.post("/predict", files={"file": ("scan.png", png_claiming(30_000, 30_000))})
+    assert huge.status_code == 413 and "use" not in huge.json()
+    assert "idcscan slide" in huge.json()["error"]
+    batch = client.post("/predict/batch", files=[("files", ("s.png",
+                                                           png_claiming(12_000, 12_000)))])
+    assert "POST /slide" in batch.json()["results"][0]["error"]

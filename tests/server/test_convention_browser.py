@@ -54,7 +54,7 @@ def _large_image(path: Path, side: int = 600) -> Path:
     rng = np.random.default_rng(2)
     tissue = np.full((side, side, 3), (205, 120, 170), np.uint8)
     tissue = np.clip(tissue + rng.integers(-25, 25, tissue.shape), 0, 255).astype(np.uint8)
-    Image.fromarray(tissue).save(path)
+    Image.fromarray(tissue).save(path, dpi=(6350, 6350))  # 4 µm/px, recorded in the file
     return path
 
 
@@ -88,8 +88,14 @@ def test_patches_page_reads_one_convention(page, server, two_class_demo, artifac
     # The thresholds read the same everywhere on the page.
     expect(page.get_by_test_id("call-threshold")).to_have_text("50.00%")
     expect(page.get_by_test_id("review-threshold")).to_have_text("30.00%")
-    for caption in page.get_by_test_id("thresholds").all_inner_texts():
+    # Each card's caption describes that card: its side of each tick and what follows.
+    captions = page.get_by_test_id("thresholds").all_inner_texts()
+    for caption, verdict, prob in zip(captions, verdicts, probabilities):
         assert "50.00%" in caption and "30.00%" in caption
+        assert caption.count(verdict) == 1 and ("IDC Positive" if verdict == "IDC Negative"
+                                                else "IDC Negative") not in caption
+        assert ("at or above 50.00%" in caption) == (prob >= 50.0)
+        assert ("flagged for review" in caption and "not flagged" not in caption) == (prob >= 30)
     card = page.locator("#model-panel")
     expect(card).to_contain_text("IDC Positive when P(IDC) ≥ 50.00%")
     expect(card).to_contain_text("P(IDC) ≥ 30.00%")
@@ -143,7 +149,7 @@ def test_large_image_page_states(page, server, tmp_path, artifacts_dir):
     page.screenshot(path=str(artifacts_dir / "large-image-empty.png"), full_page=True)
 
     tiny = tmp_path / "tiny.png"
-    Image.fromarray(np.full((30, 40, 3), 180, np.uint8)).save(tiny)
+    Image.fromarray(np.full((30, 40, 3), 180, np.uint8)).save(tiny, dpi=(6350, 6350))
     page.set_input_files("#file-input", str(tiny))
     expect(page.locator("#error-title")).to_have_text("The image is smaller than one tile",
                                                       timeout=30_000)

@@ -98,10 +98,19 @@ def test_dashboard_classifies_explains_and_rejects(
     expect(card.get_by_test_id("confidence")).to_have_text(re.compile(r"^\d{1,3}\.\d\d%$"))
     meter_text = card.get_by_role("meter").get_attribute("aria-valuetext")
     assert "IDC Positive from 50.00%" in meter_text and meter_text.endswith("from 50.00%")
-    # A review threshold at the call is said once: one tick, one rule in the caption.
+    # A review threshold at the call is said once: one tick, one rule in the caption, which
+    # describes this card (never "IDC Positive" under an IDC Negative verdict), and no
+    # "Review" badge repeating the call.
+    positive = verdict.inner_text() == "IDC Positive"
     expect(card.get_by_test_id("thresholds")).to_have_text(
-        "IDC Positive, and flagged for review, from 50.00% (the tick)")
+        "P(IDC) at or above 50.00% (the tick): IDC Positive, and so flagged for review"
+        if positive else
+        "P(IDC) below 50.00% (the tick): IDC Negative, not flagged for review")
     assert card.locator(".meter__threshold").count() == 1
+    assert card.get_by_test_id("review-flag").count() == 0
+    # the full file name, on hover too
+    expect(card.locator(".result__name")).to_have_text("patch-a.png")
+    expect(card.locator(".result__name")).to_have_attribute("title", "patch-a.png")
 
     # The same bytes through the API give the same numbers the card shows.
     api = httpx.post(

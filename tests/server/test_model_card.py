@@ -126,3 +126,49 @@ def test_a_fitted_threshold_says_how_it_was_chosen() -> None:
     # A fitted threshold at or above the call catches no more IDC than the call does.
     high = _card(0.59, "ema", "none", "balanced")["decision"]["review"]
     assert high.endswith("(max balanced accuracy on the validation patients).")
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+def test_a_browser_gets_pages_and_scripts_keep_their_data(evaluated: Path) -> None:
+    """Content negotiation: text/html first (a browser) gets a page; */* (curl, fetch) and
+    application/json keep the JSON card and the Markdown report; ?format= chooses outright."""
+    from idcscan import DISCLAIMER
+
+    with TestClient(create_app(evaluated / "bundle")) as client:
+        page = client.get("/model-card", headers={"Accept": BROWSER_ACCEPT})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        html = page.text
+        assert "<h1" in html and "Model card: " in html and html.count(DISCLAIMER) == 1
+        assert "1 = IDC Positive, 0 = IDC Negative" in html
+        assert 'data-testid="confusion-matrix"' in html and 'href="/report"' in html
+        assert "/somewhere" not in html and '{"title"' not in html
+        assert client.get("/model-card").json()["title"]  # */* from a script: JSON
+        assert client.get("/model-card", headers={"Accept": "application/json"}).json()
+        forced = client.get("/model-card?format=json", headers={"Accept": BROWSER_ACCEPT})
+        assert forced.json()["title"]
+        md = client.get("/model-card?format=md", headers={"Accept": BROWSER_ACCEPT})
+        assert md.text.startswith("# Model card: ")
+
+        report = client.get("/report", headers={"Accept": BROWSER_ACCEPT})
+        assert report.headers["content-type"].startswith("text/html")
+        body = report.text
+        assert '<img src="/report/roc.png" alt="ROC curve"' in body
+        assert "<table>" in body and "![ROC curve]" not in body
+        assert body.count(DISCLAIMER) >= 1
+        assert client.get("/report").text.startswith("# idcscan evaluation report")
+        md = client.get("/report?format=md", headers={"Accept": BROWSER_ACCEPT})
+        assert md.text.startswith("# idcscan evaluation report")
+
+
+def test_the_report_page_never_passes_markup_from_the_file(evaluated: Path,
+                                                           tmp_path: Path) -> None:
+    shutil.copytree(evaluated, tmp_path / "copy")
+    report = tmp_path / "copy" / "report" / "report.md"
+    report.write_text(report.read_text() + "\n<script>alert(1)</script>\n\n"
+                      "[click](javascript:alert(2)) <img src=x onerror=alert(3)>\n")
+    with TestClient(create_app(tmp_path / "copy" / "bundle")) as client:
+        body = client.get("/report", headers={"Accept": BROWSER_ACCEPT}).text
+    assert "<script>alert" not in body and "&lt;script&gt;alert(1)" in body
+    assert 'href="javascript:' not in body and "<img src=x" not in body

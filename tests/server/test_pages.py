@@ -27,7 +27,8 @@ def test_every_page_carries_the_one_disclaimer_and_the_same_header(tiny_bundle: 
             html = r.text
             assert html.count(DISCLAIMER) == 1, url
             assert "Research use only:</strong> not a medical device" in html
-            assert _nav(html) == ["Patches", "Large image"], url  # no slide folder served
+            # no slide folder served: no Slides link
+            assert _nav(html) == ["Patches", "Large image", "Model card"], url
             if current:
                 assert re.search(rf'aria-current="page"[^>]*>{current}<', html), url
             assert "{{" not in html and "{%" not in html
@@ -44,5 +45,6 @@ def test_the_slides_link_appears_when_slides_are_served(
     configure_viewer(app, tmp_path / "slides", tmp_path / "maps")
     with TestClient(app) as client:
         for url in PAGES:
-            assert _nav(client.get(url).text) == ["Patches", "Large image", "Slides"], url
+            assert _nav(client.get(url).text) == ["Patches", "Large image", "Slides",
+                                                  "Model card"], url
         assert 'aria-current="page">Slides<' in client.get("/browse").text

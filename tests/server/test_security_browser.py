@@ -114,8 +114,8 @@ def test_every_page_works_under_the_csp_through_the_token_address(
     # the slide, the QC layer and the P(IDC) overlay, and the region outlines
     assert page.evaluate("window.osdViewer.world.getItemCount()") == 3
     expect(page.locator("svg.idc-outlines")).to_have_count(1)
-    expect(page.locator(".qc-key--pen")).to_be_visible()
-    assert page.locator(".qc-key--pen").evaluate(
+    expect(page.locator(".qc-swatch--pen")).to_be_visible()
+    assert page.locator(".qc-swatch--pen").evaluate(
         "e => getComputedStyle(e).backgroundColor") == "rgb(0, 200, 255)"
     page.wait_for_function("() => window.osdViewer.world.getItemAt(2).getFullyLoaded()",
                            timeout=60_000)

@@ -2,9 +2,9 @@
 
 A 20,000 x 20,000 pyramidal TIFF is generated for the test (mostly glass, three pieces of
 tissue), next to OpenSlide's real Aperio SVS and a damaged SVS. The test lists them, opens the
-big one, zooms in twice, pans, maps it from the page (progress bar, then the layers), toggles
-the P(IDC) layer, and reads P(IDC) under the cursor against the server's own grid; then opens
-the SVS. Screenshots: test-artifacts/slides-browse.png, slides-viewer.png, slides-viewer-svs.png.
+big one, zooms in twice, pans, maps it from the page (progress bar, then the layers), switches
+the map to outlines only and back, and reads P(IDC) under the cursor against the server's own
+grid; then opens the SVS. Screenshots: test-artifacts/slides-browse.png, slides-viewer.png, slides-viewer-svs.png.
 """
 
 from __future__ import annotations
@@ -148,11 +148,11 @@ def test_browse_open_zoom_pan_map_and_read(
     assert page.evaluate("window.osdViewer.world.getItemCount()") == 3  # slide, QC, P(IDC)
     assert page.locator("svg.idc-outlines").count() == 1
 
-    # --- toggle the P(IDC) layer off and on
+    # --- outlines only, then colours and outlines again
     overlay = "window.osdViewer.world.getItemAt(2).getOpacity()"
-    page.get_by_label("P(IDC) layer").uncheck()
+    page.get_by_label("Outlines only").check()
     assert page.evaluate(overlay) == 0
-    page.get_by_label("P(IDC) layer").check()
+    page.get_by_label("Colours and outlines").check()
     assert page.evaluate(overlay) == pytest.approx(0.7)
 
     # --- go to a piece of tissue and read P(IDC) under the cursor
@@ -244,7 +244,7 @@ def test_a_picture_without_scale_asks_for_one_and_maps_at_it(
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{plain_server}/viewer?slide={sid}")
-    expect(page.locator("#slide-facts")).to_contain_text("unknown")
+    expect(page.locator("#slide-facts")).to_contain_text("not recorded in the file")
     _settled(page)
     expect(page.locator("#scalebar")).to_be_hidden()  # no scale, no bar
     expect(page.locator("#mpp-field")).to_be_visible()

@@ -64,7 +64,7 @@ def test_cohort_maps_what_it_can_and_lists_the_rest(tiny_bundle: Path, tmp_path:
     said = re.sub(r"\s+", "", result.output)  # the console wraps long lines
     assert "2of3slidesfailed" in said
     assert "unreadable.svs" in said and "boxes.tiff" in said
-    assert "carriesnoscale" in said and "--mpp" in said
+    assert "recordsnoscale" in said and "--mpp" in said
     assert (out / "small" / "summary.json").is_file()  # the readable slide was mapped
     assert not (out / "boxes").exists() and not (out / "unreadable").exists()
 

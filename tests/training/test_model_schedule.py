@@ -141,10 +141,11 @@ def test_without_a_replan_the_cosine_is_the_plain_one():
     s = budget_schedule(RATES, 720, 290, 0, 10, frozen_time_fraction=0, val_rounds=2,
                         warmup_fraction=0.0)
     n = s.phase2_steps
-    for t in (0, n // 3, n - 1):
+    for t in (0, n // 3, n - 1):  # the last step (n - 1) runs at the final learning rate
         expect = FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (
-            1 + math.cos(math.pi * min(1.0, t / n)))
+            1 + math.cos(math.pi * min(1.0, t / (n - 1))))
         assert s.lr_factor(t, "backbone") == pytest.approx(expect)
+    assert s.lr_factor(n - 1, "backbone") == pytest.approx(FINAL_LR_FRACTION)
 
 
 def test_the_default_budgeted_run_has_a_round_to_replan_after():
@@ -180,3 +181,26 @@ def test_the_budget_reserves_one_validation_pass_per_tta_view_fitted_on() -> Non
     assert post_fit_cost_s(config(tta_views=8), 2.0, 1000) == plain
     assert post_fit_cost_s(config(select="ema"), 2.0, 1000) == pytest.approx(plain + 2.0)
     assert post_fit_cost_s(config(**fitted, tta=False), 2.0, 1000) == plain
+
+
+def test_a_refit_mid_round_ends_the_round_sooner_and_still_anneals():
+    """Half-way through the first phase-2 round the machine is found three times slower: the
+    round is cut, the rest shrinks, the learning rate goes on from where it was, and the last
+    step still runs at the final learning rate."""
+    from idcscan.training.schedule import refit
+
+    s = budget_schedule(RATES, 720, 290, 0, 10, frozen_time_fraction=0, val_rounds=2,
+                        warmup_fraction=0.0)
+    first = s.epoch_steps[0]
+    half = first // 2
+    before = [s.lr_factor(i, "backbone") for i in range(s.total_steps)]
+    left = 720 - half * 0.5 - 100  # much of the budget gone: the steps are 3x slower
+    new = refit(s, 0, half, capacity=first, seconds_left=left, step_s=3 * RATES.phase2_step_s,
+                val_s=RATES.val_pass_s)
+    assert half < new[0] < first and sum(new) < s.total_steps
+    s.resize(new, 0, in_round=half)
+    after = [s.lr_factor(i, "backbone") for i in range(s.total_steps)]
+    assert after[:half + 1] == pytest.approx(before[:half + 1], abs=1e-12)
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert after[-1] == pytest.approx(FINAL_LR_FRACTION)
+    assert refit(epoch_schedule(100, 1, 2, 0.05), 1, 10, 100, 60, 0.1, 1) is None

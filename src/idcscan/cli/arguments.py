@@ -14,12 +14,17 @@ from pathlib import Path
 import typer
 
 from idcscan.errors import IdcscanError
-from idcscan.runtime.bundle import CARD_NAME
+from idcscan.runtime.bundle import CARD_NAME, ModelCard
 from idcscan.runtime.engine import ENV_RUNTIME, RUNTIMES, resolve_runtime
 from idcscan.runtime.shipped import shipped_names
 
 BUNDLE_HELP = ("A shipped model's name (default; `idcscan models` lists them) or a bundle folder "
                "(model.onnx + model.json).")
+
+TTA_HELP = ("Test-time augmentation: average each patch over its 8 flips/rotations at run time "
+            "(8x slower). A model whose graph already averages views (its card's `tta` entry: "
+            "`idcscan card BUNDLE`) always does so, and --tta then changes nothing; outputs "
+            "record the views averaged (tta_views).")
 
 RUNTIME_HELP = (
     "What runs the model: auto (OpenVINO in bf16 on a CPU with native bf16, else ONNX Runtime "
@@ -54,3 +59,14 @@ def check_bundle_first(command: str, bundle: Path, inputs: Sequence[Path]) -> No
             f"The arguments look swapped: {swapped} is a model bundle and {bundle} is not. "
             f"The bundle comes first: idcscan {command} {swapped} {bundle}"
         )
+
+
+def tta_note(card: ModelCard, requested: bool) -> str | None:
+    """The line a command prints when ``--tta`` asks for what the model already does."""
+    from idcscan.runtime.model_card import tta_views
+
+    views, in_graph = tta_views(card, requested)
+    if requested and in_graph:
+        return (f"{card.name} averages {views} views of every patch inside its graph already; "
+                "--tta changes nothing.")
+    return None

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from idcscan.cli.app import app, out, print_disclaimer
-from idcscan.cli.arguments import BUNDLE_HELP, apply_runtime, runtime_option
+from idcscan.cli.arguments import BUNDLE_HELP, TTA_HELP, apply_runtime, runtime_option
 from idcscan.data.packed import SPLITS
 
 
@@ -18,7 +18,7 @@ def evaluate(
     data: Path = typer.Argument(..., help="Packed dataset directory written by `idcscan prepare`."),
     report: Path = typer.Option(..., "--out", "-o", help="Directory for the report (replaced)."),
     split: str = typer.Option("test", help=f"Split to evaluate: {', '.join(SPLITS)}."),
-    tta: bool = typer.Option(False, "--tta", help="Average the 8 dihedral views per patch."),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
     batch_size: int = typer.Option(256, help="Patches per model call."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples (over patients) for the CIs."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
@@ -31,6 +31,14 @@ def evaluate(
 
     apply_runtime(runtime)
     print_disclaimer()
+    if tta:
+        from idcscan.cli.app import print_warning
+        from idcscan.cli.arguments import tta_note
+        from idcscan.runtime.bundle import load_bundle
+
+        note = tta_note(load_bundle(bundle, verify=False).card, tta)
+        if note:
+            print_warning(note)
     result = run_evaluation(
         bundle, data, split=split, out=report, tta=tta, batch_size=batch_size,
         n_boot=n_boot, seed=seed,

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from idcscan.cli.app import app, console, out, print_disclaimer, print_warning
-from idcscan.cli.arguments import BUNDLE_HELP, runtime_option
+from idcscan.cli.arguments import BUNDLE_HELP, TTA_HELP, runtime_option
 from idcscan.errors import IdcscanError
 from idcscan.progress import progress_bar
 
@@ -28,7 +28,7 @@ def predict(
         help="Write rows to FILE.csv or FILE.json (probabilities as fractions 0..1). "
         "Without it, print a table.",
     ),
-    tta: bool = typer.Option(False, "--tta", help="Average over the 8 flips/rotations."),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Patches per model call."),
     stain_group: str = typer.Option(
         "image", "--stain-group",
@@ -38,13 +38,13 @@ def predict(
     ),
     runtime: str | None = runtime_option(),
 ) -> None:
-    """Predict IDC for image patches and folders of them: one row per image (unreadable files get an error row).
+    """Predict IDC for image patches and folders of them: one row per image (files that are not scored get an error row).
 
-    IDC Positive when the calibrated P(IDC) is at least 50%; confidence is the probability of the class called; "flagged" marks P(IDC) at or above the bundle's review threshold. Images much larger than a patch are scored as one patch with a warning: map those with `idcscan slide`. Research use only.
+    IDC Positive when P(IDC) is at least 50%; confidence is the probability of the class called; "flagged" marks P(IDC) at or above the bundle's review threshold. Images over 512 px on the long side (tissue sections, not patches) are not scored: their row says to map them with `idcscan slide`, and the command exits 2 when nothing was scored. Research use only.
     """  # noqa: E501  (one line per paragraph: the help wraps it)
     from rich.table import Table
 
-    from idcscan.cli.arguments import apply_runtime, check_bundle_first
+    from idcscan.cli.arguments import apply_runtime, check_bundle_first, tta_note
     from idcscan.runtime.predict_files import STAIN_GROUPS, collect_images, output_format
     from idcscan.runtime.predict_files import predict_files
     from idcscan.runtime.predict_files import write_predictions
@@ -67,6 +67,9 @@ def predict(
         f"flagged for review when P(IDC) >= {percent(predictor.threshold)}.{demo}",
         highlight=False,
     )
+    note = tta_note(predictor.card, tta)
+    if note:
+        print_warning(note)
     # Only on a terminal: in a log the bar would leave an empty line behind.
     with progress_bar(console.is_terminal, unit="images", console=console, transient=True) \
             as progress:
@@ -117,7 +120,7 @@ def predict(
     scored = len(rows) - len(failed)
     console.print(
         f"{_count(scored, 'image')} scored: {positive} IDC Positive, {scored - positive} IDC "
-        f"Negative, {flagged} flagged for review; {len(failed)} unreadable.",
+        f"Negative, {flagged} flagged for review; {len(failed)} not scored.",
         highlight=False,
     )
     print_disclaimer()

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from idcscan.cli.app import app, console, out, print_disclaimer, print_warning
-from idcscan.cli.arguments import BUNDLE_HELP, runtime_option
+from idcscan.cli.arguments import BUNDLE_HELP, TTA_HELP, runtime_option
 from idcscan.errors import IdcscanError
 
 
@@ -26,15 +26,16 @@ def slide(
     ),
     mpp: float | None = typer.Option(
         None,
-        help="µm per pixel of images whose file carries no scale. Default: assume they are "
-        "already at the training scale (4 µm/px, e.g. `idcscan mosaic` output), with a warning.",
+        help="µm per pixel of the full resolution, for files that record no scale (needed for "
+        "those: a scale is never guessed). About 0.25 for a 40x scan, 0.5 for 20x, 4 for an "
+        "image already at the training scale. `idcscan mosaic` output records its own.",
     ),
     stride: int | None = typer.Option(
         None,
         help="Tile step in training-scale pixels (1 to the patch size, 50). Smaller = "
         "overlapping tiles, probabilities averaged per stride-sized cell. Default: no overlap.",
     ),
-    tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/rotations of each tile."),
+    tta: bool = typer.Option(False, "--tta", help=TTA_HELP),
     shard: str | None = typer.Option(
         None,
         help="i/n: process only the i-th (1-based) of n shares of the sorted inputs, e.g. "
@@ -65,11 +66,11 @@ def slide(
 ) -> None:
     """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.
 
-    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, tiles.geojson, summary.json} and OUT/summary.csv; tiles.geojson opens in QuPath (File > Import objects from file). Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide whose folder is complete is skipped, so re-running a command resumes it.
+    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, tiles.geojson, summary.json} and OUT/summary.csv; tiles.geojson opens in QuPath (File > Import objects from file). Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide already mapped there from the same file, unchanged, is skipped, so re-running a command resumes it; a different file with the same name is refused (map it into another --out).
     """  # noqa: E501  (one line per paragraph: the help wraps it)
     from idcscan.runtime.bundle import load_bundle
     from idcscan.runtime.predictor import Predictor
-    from idcscan.cli.arguments import apply_runtime, check_bundle_first
+    from idcscan.cli.arguments import apply_runtime, check_bundle_first, tta_note
     from idcscan.maps.mapper import ScaleWarning, SlideOptions
     from idcscan.maps.run import run_slides
 
@@ -81,6 +82,9 @@ def slide(
     card = predictor.card if predictor is not None else load_bundle(bundle).card
     if card.demo:
         print_warning("DEMO model trained on synthetic data: its maps mean nothing.")
+    note = tta_note(card, tta)
+    if note:
+        print_warning(note)
     options = SlideOptions(
         mpp=mpp, stride=stride, tta=tta, batch_size=batch_size, threshold=threshold,
         regions=drawn,
@@ -104,19 +108,20 @@ def slide(
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if report.skipped:
         console.print(
-            f"Skipped {len(report.skipped)} slide(s) already finished in {out_dir} "
-            f"(delete their folders to redo them): "
+            f"Skipped {len(report.skipped)} slide(s) already mapped in {out_dir} from the same "
+            f"file, unchanged (delete their folders to redo them): "
             + ", ".join(p.name for p in report.skipped),
             highlight=False,
         )
     for s in report.done:
         inside = (f" inside {s.regions['count']} drawn region(s) of "
                   f"{s.regions['area_mm2']:.2f} mm²" if s.regions else "")
+        caution = "".join(f" CAUTION: {w}" for w in s.warnings)
         out.print(
             f"{s.slide}: IDC (P(IDC) >= {s.threshold:.2%}) in {s.idc_fraction:.1%} of "
             f"{s.n_tiles} tissue tiles{inside} "
             f"({s.idc_area_mm2:.2f} of {s.tissue_area_mm2:.2f} mm², {s.n_regions} IDC region(s)) "
-            f"in {s.timings.get('total', 0):.1f} s -> {out_dir / s.slide}",
+            f"in {s.timings.get('total', 0):.1f} s -> {out_dir / s.slide}.{caution}",
             highlight=False,
         )
     if report.summary_csv is not None:
@@ -164,7 +169,7 @@ def mosaic(
 ) -> None:
     """Tile a Kaggle patient's patches back into one image with its ground-truth IDC mask.
 
-    Writes mosaic.png (at the training scale, 4 µm/px), truth.png, truth.csv (x, y, label in mosaic pixels) and mosaic.json: a slide with known answers for `idcscan slide`.
+    Writes <patient>.png (at the training scale, 4 µm/px, recorded in the file), <patient>_truth.png, <patient>_truth.csv (x, y, label in mosaic pixels) and <patient>_mosaic.json: a slide with known answers for `idcscan slide`, named after the patient so that mosaics of several patients share a folder.
     """  # noqa: E501
     from idcscan.data.mosaic import make_mosaic
 
@@ -176,4 +181,4 @@ def mosaic(
         f"{w} x {h} px mosaic at {result.mpp:g} µm/px in {out_dir}",
         highlight=False,
     )
-    out.print(f"Map it: idcscan slide BUNDLE {paths['mosaic.png']} --out SLIDES", highlight=False)
+    out.print(f"Map it: idcscan slide BUNDLE {paths['image']} --out SLIDES", highlight=False)

@@ -62,8 +62,10 @@ def _slide_table(rows: list[SlideRow], thumbs: dict[str, str], patients: bool) -
             cells.append(_td(html.escape(r.patient or "—"), r.patient or ""))
         ok = r.status == "ok"
         frac = float(s["idc_fraction"]) if ok else None
+        caveats = "".join(f'<div class="caveat">{html.escape(c)}</div>' for c in r.caveats)
+        status = "ok, with caveats" if caveats else r.status
         cells += [
-            _td(f'<span class="status {r.status}">{r.status}</span>', r.status),
+            _td(f'<span class="status {r.status}">{status}</span>{caveats}', status),
             _td(_fmt(frac, ".1%"), -1 if frac is None else frac, "num"),
             _td(_fmt(s.get("idc_area_mm2"), ".2f"), s.get("idc_area_mm2", -1), "num"),
             _td(_fmt(s.get("tissue_area_mm2"), ".2f"), s.get("tissue_area_mm2", -1), "num"),
@@ -166,7 +168,7 @@ th{background:#f4f4f4;cursor:pointer;user-select:none;position:sticky;top:0}
 th[data-type=none]{cursor:default}th.asc:after{content:" ▲"}th.desc:after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}td img{display:block;max-height:120px}
 .status.ok{color:#1b5e20}.status.failed{color:#b71c1c;font-weight:bold}
-.error{color:#b71c1c;font-size:12px}.warn{color:#b71c1c}.muted{color:#666;font-size:12px}.totals span{margin-right:18px}
+.error{color:#b71c1c;font-size:12px}.caveat{color:#8a4b00;font-size:12px;max-width:48ch}.warn{color:#b71c1c}.muted{color:#666;font-size:12px}.totals span{margin-right:18px}
 dl.card{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dt{font-weight:bold}
 dd{margin:0;word-break:break-all}pre{font-size:12px;background:#f7f7f7;padding:8px}
 """
@@ -200,6 +202,7 @@ def render_report(
 ) -> str:
     ok = [r for r in rows if r.status == "ok"]
     failed = [r for r in rows if r.status == "failed"]
+    cautioned = [r for r in ok if r.caveats]
     fractions = [float(r.summary["idc_fraction"]) for r in ok]
     tissue = sum(float(r.summary.get("tissue_area_mm2", 0)) for r in ok)
     idc = sum(float(r.summary.get("idc_area_mm2", 0)) for r in ok)
@@ -212,7 +215,10 @@ def render_report(
         f'<p class="disclaimer"><strong>{html.escape(DISCLAIMER)}</strong></p>',
         "<p class='totals'>"
         f"<span><b>{len(rows)}</b> slides</span><span><b>{len(ok)}</b> mapped</span>"
-        f"<span><b>{len(failed)}</b> failed</span><span>tissue <b>{tissue:.2f}</b> mm²</span>"
+        f"<span><b>{len(failed)}</b> failed</span>"
+        + (f"<span class='caveat-count'><b>{len(cautioned)}</b> with caveats (see Status)"
+           "</span>" if cautioned else "")
+        + f"<span>tissue <b>{tissue:.2f}</b> mm²</span>"
         f"<span>IDC <b>{idc:.2f}</b> mm²</span><span>median IDC fraction <b>{median}</b></span>"
         "</p>",
     ]

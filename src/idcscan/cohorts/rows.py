@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from idcscan.errors import IdcscanError
+from idcscan.maps.caveats import summary_caveats
 from idcscan.maps.failures import read_failures
 from idcscan.maps.mapper import SUMMARY_JSON
 
@@ -25,6 +26,12 @@ class SlideRow:
     error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     patient: str | None = None
+
+    @property
+    def caveats(self) -> list[str]:
+        """What to know before trusting this slide's numbers (``maps.caveats``): most tissue
+        left out by QC and why, an assumed or coarse scale."""
+        return summary_caveats(self.summary) if self.status == "ok" else []
 
     @property
     def qc(self) -> dict[str, Any]:

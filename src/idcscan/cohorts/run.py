@@ -28,10 +28,10 @@ from idcscan.cohorts.worker import PROGRESS_TOPIC, map_one
 from idcscan.errors import IdcscanError
 from idcscan.maps.failures import record_failure
 from idcscan.maps.mapper import ScaleWarning, SlideOptions, SlideSummary
+from idcscan.maps.identity import plan_run
 from idcscan.maps.run import (
     RunReport,
     expand_inputs,
-    is_finished,
     parse_shard,
     select_shard,
     slide_name,
@@ -194,8 +194,9 @@ def run_cohort(
 ) -> CohortReport:
     """Map many slides on Dask, one task per slide; write summary.csv and report.html.
 
-    Finished slides are skipped (resume); a failing slide is recorded (summary.csv ``status``
-    failed, ``error``) and the others go on. ``client``: an already connected
+    Slides already mapped from the same file are skipped (resume), a name shared with a
+    different file already mapped there refuses the run; a failing slide is recorded
+    (summary.csv ``status`` failed, ``error``) and the others go on. ``client``: an already connected
     ``distributed.Client`` to use instead of ``cluster``. ScaleWarnings raised on the
     workers are re-issued here, once per slide.
     """
@@ -210,9 +211,9 @@ def run_cohort(
     write_model_card(card.model_dump(mode="json"), out_dir)
 
     result = CohortReport(cluster=spec.describe() if client is None else str(client))
-    todo = []
-    for path in paths:
-        (result.skipped if is_finished(out_dir, slide_name(path)) else todo).append(path)
+    plan = plan_run(paths, out_dir, slide_name)  # a name clash stops here, before any work
+    result.skipped = plan.skipped
+    todo = [path for path, _ in plan.todo]
     if todo:
         if client is not None:
             _run_on(client, str(Path(bundle).resolve()), todo, out_dir, options, result,
@@ -296,8 +297,7 @@ def _collect(
         return
     data = outcome["summary"]
     summary = SlideSummary(**{k: data[k] for k in SlideSummary.__dataclass_fields__ if k in data})
-    if outcome["status"] == "skipped":
-        result.skipped.append(path)
-    else:
-        result.done.append(summary)
+    # Only slides planned to be mapped reach a worker, so one a worker finds already mapped
+    # was mapped in this run, by an attempt whose result was lost with its worker: done.
+    result.done.append(summary)
     watcher.slide_done(name, summary.n_tiles)

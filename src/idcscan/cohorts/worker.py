@@ -6,8 +6,8 @@ intra-op threads set to the cores Dask gave that worker (its ``nthreads``), so N
 machine never start more inference threads than it has cores.
 
 The task is idempotent: outputs are built in a hidden folder and renamed into place
-(``analyse_slide``), and a slide already finished is not redone. So when a worker dies and
-Dask reruns its slides elsewhere, or a whole run is killed and started again, nothing is
+(``analyse_slide``), and a slide already mapped from this very file is not redone. So when a
+worker dies and Dask reruns its slides elsewhere, or a whole run is killed and started again, nothing is
 mapped twice into a half-written folder, and nothing half-written is taken as finished.
 """
 
@@ -24,7 +24,8 @@ from typing import Any
 from idcscan.errors import IdcscanError
 from idcscan.maps.failures import record_failure
 from idcscan.maps.mapper import SUMMARY_JSON, ScaleWarning, SlideOptions
-from idcscan.maps.run import analyse_slide, is_finished, slide_name
+from idcscan.maps.identity import fingerprint, previous_map
+from idcscan.maps.run import analyse_slide, slide_name
 from idcscan.runtime.predictor import Predictor
 
 #: Dask event topic on which workers report tiles done (client: ``subscribe_topic``)
@@ -95,15 +96,19 @@ def map_one(path: str, bundle: str, out_dir: str, options: SlideOptions,
         "slide": name, "path": path, "status": "ok", "summary": None, "error": "",
         "warnings": [],
     }  # fmt: skip
-    if is_finished(Path(out_dir), name):  # a rerun of a task whose result was lost
-        result["status"] = "skipped"
-        result["summary"] = json.loads((Path(out_dir) / name / SUMMARY_JSON).read_text())
-        return result
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScaleWarning)
         try:
+            content = fingerprint(path)
+            folder = Path(out_dir) / name
+            if previous_map(folder, Path(path), content).state == "same":
+                # a rerun of a task whose result was lost: this very file is mapped already
+                result["status"] = "skipped"
+                result["summary"] = json.loads((folder / SUMMARY_JSON).read_text())
+                return result
             predictor = worker_predictor(bundle, options.batch_size, runtime=runtime)
-            summary = analyse_slide(predictor, path, out_dir, options, _progress_reporter(name))
+            summary = analyse_slide(predictor, path, out_dir, options, _progress_reporter(name),
+                                    content)
         except Exception as exc:  # one bad slide must not stop the cohort
             error = str(exc) if isinstance(exc, IdcscanError) else f"{type(exc).__name__}: {exc}"
             record_failure(out_dir, name, path, error)

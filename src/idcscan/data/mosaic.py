@@ -4,14 +4,15 @@ The Kaggle IDC set was cut from whole-slide scans downsampled to ~4 µm/px; each
 keeps where its patch came from (``<pid>_idx5_x<X>_y<Y>_class<C>.png``, X/Y the top-left
 corner in the downsampled scan). Putting the patches back at those coordinates gives a
 "slide" at the training scale whose IDC regions are known patch by patch: the test bed for
-``idcscan slide`` (run it with ``--mpp 4``, which is also what a plain PNG defaults to).
+``idcscan slide`` (the image records its scale, 4 µm/px).
 
-Outputs (``write_mosaic``): ``mosaic.png`` (RGB; gaps where no patch exists are white, i.e.
-glass), ``truth.png`` (same size, 8-bit mask: 255 where an IDC-positive patch lies, 0
-elsewhere), ``truth.csv`` (``x``, ``y``, ``label``: each patch's top-left corner in mosaic
-pixels, i.e. X - min X, Y - min Y) and ``mosaic.json`` (patient, scale, origin, counts).
-``mosaic.png`` also records 4 µm/px as its PNG resolution (6350 dpi), which ``idcscan slide``
-reads back.
+Outputs (``write_mosaic``), named after the patient so that mosaics of several patients can
+share a folder and their maps never share a name: ``<pid>.png`` (RGB; gaps where no patch
+exists are white, i.e. glass), ``<pid>_truth.png`` (same size, 8-bit mask: 255 where an
+IDC-positive patch lies, 0 elsewhere), ``<pid>_truth.csv`` (``x``, ``y``, ``label``: each
+patch's top-left corner in mosaic pixels, i.e. X - min X, Y - min Y) and
+``<pid>_mosaic.json`` (patient, scale, origin, counts). ``<pid>.png`` also records 4 µm/px as
+its PNG resolution (6350 dpi), which ``idcscan slide`` reads back.
 """
 
 from __future__ import annotations
@@ -29,11 +30,19 @@ from idcscan.data.kaggle import NAME_PATTERN, NAME_RE
 from idcscan.errors import IdcscanError
 from idcscan.preprocessing import PAD_VALUE, TRAINING_MPP, to_rgb
 
-MOSAIC_PNG = "mosaic.png"
-TRUTH_PNG = "truth.png"
-TRUTH_CSV = "truth.csv"
-MOSAIC_JSON = "mosaic.json"
+#: what ``write_mosaic`` writes, by role: the file name for patient ``{pid}``
+MOSAIC_FILES = {
+    "image": "{pid}.png",
+    "truth": "{pid}_truth.png",
+    "truth_csv": "{pid}_truth.csv",
+    "meta": "{pid}_mosaic.json",
+}
 TRUTH_COLUMNS = ["x", "y", "label"]
+
+
+def mosaic_paths(patient: str, out_dir: str | Path) -> dict[str, Path]:
+    """Where ``write_mosaic`` puts each file of ``patient``'s mosaic, by role."""
+    return {role: Path(out_dir) / name.format(pid=patient) for role, name in MOSAIC_FILES.items()}
 
 
 @dataclass(frozen=True)
@@ -143,23 +152,24 @@ def _save_png(image: Image.Image, target: Path, **params: object) -> None:
 
 
 def write_mosaic(mosaic: Mosaic, out_dir: str | Path) -> dict[str, Path]:
-    """Write mosaic.png, truth.png, truth.csv and mosaic.json (each atomically)."""
+    """Write the patient's image, truth mask, truth table and metadata (each atomically);
+    returns their paths by role (``MOSAIC_FILES``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dpi = 25_400.0 / mosaic.mpp
-    paths = {name: out / name for name in (MOSAIC_PNG, TRUTH_PNG, TRUTH_CSV, MOSAIC_JSON)}
-    _save_png(Image.fromarray(mosaic.image, mode="RGB"), paths[MOSAIC_PNG], dpi=(dpi, dpi))
+    paths = mosaic_paths(mosaic.patient, out)
+    _save_png(Image.fromarray(mosaic.image, mode="RGB"), paths["image"], dpi=(dpi, dpi))
     truth = Image.fromarray(np.where(mosaic.truth, 255, 0).astype(np.uint8), mode="L")
-    _save_png(truth, paths[TRUTH_PNG], dpi=(dpi, dpi))
+    _save_png(truth, paths["truth"], dpi=(dpi, dpi))
 
     min_x, min_y = mosaic.origin
-    tmp = _tmp_name(paths[TRUTH_CSV])
+    tmp = _tmp_name(paths["truth_csv"])
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(TRUTH_COLUMNS)
         for p in mosaic.patches:
             writer.writerow([p.x - min_x, p.y - min_y, p.label])
-    tmp.replace(paths[TRUTH_CSV])
+    tmp.replace(paths["truth_csv"])
 
     n_idc = sum(p.label for p in mosaic.patches)
     meta = {
@@ -171,12 +181,13 @@ def write_mosaic(mosaic: Mosaic, out_dir: str | Path) -> dict[str, Path]:
         "n_patches": len(mosaic.patches),
         "n_idc": n_idc,
         "idc_fraction": n_idc / len(mosaic.patches),
-        "note": "Coordinates in truth.csv are mosaic pixels (Kaggle x - origin.x, y - origin.y). "
-        "Run `idcscan slide BUNDLE mosaic.png --mpp 4` to map it.",
+        "note": f"Coordinates in {paths['truth_csv'].name} are mosaic pixels (Kaggle x - "
+        f"origin.x, y - origin.y). Run `idcscan slide BUNDLE {paths['image'].name}` to map it "
+        "(the image records its scale).",
     }
-    tmp = _tmp_name(paths[MOSAIC_JSON])
+    tmp = _tmp_name(paths["meta"])
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(paths[MOSAIC_JSON])
+    tmp.replace(paths["meta"])
     return paths
 
 

@@ -35,6 +35,7 @@ from idcscan.evaluation.metrics import (
 )
 from idcscan.evaluation.report import render_report
 from idcscan.runtime.labels import DECISION_THRESHOLD
+from idcscan.runtime.model_card import tta_in_use
 from idcscan.runtime.predictor import Predictor
 
 METRICS_FILE = "metrics.json"
@@ -119,6 +120,7 @@ def _bundle_info(predictor: Predictor) -> dict[str, Any]:
         "patch_size": card.patch_size,
         "mpp": card.mpp,
         "temperature": predictor.temperature,
+        "calibration": card.calibration.method,
         "threshold": predictor.threshold,
         "onnx_sha256": card.onnx_sha256,
         "demo": card.demo,
@@ -224,7 +226,9 @@ def evaluate(
                             "confusion_matrix")
             },
             "split": split,
-            "tta": tta,
+            "tta": predictor.tta_views(tta) > 1,
+            "tta_views": predictor.tta_views(tta),
+            "tta_in_use": tta_in_use(predictor.card, tta),
             "bundle": _bundle_info(predictor),
             "runtime": predictor.engine.info.as_dict(),
             "data": {

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from idcscan import DISCLAIMER
+from idcscan.runtime.model_card import calibration_text
 
 #: Display name and a short gloss for every scalar metric, in table order.
 METRIC_LABELS: dict[str, str] = {
@@ -68,6 +69,30 @@ def threshold_note(bundle: Mapping[str, Any]) -> str:
     return "chosen when the model was trained (see model.json)"
 
 
+def calibration_row(bundle: Mapping[str, Any]) -> str:
+    """What P(IDC) is for this bundle, from its card's ``calibration.method`` (metrics.json
+    written before the method was recorded: temperature scaling, the only method then)."""
+    method = str(bundle.get("calibration") or "temperature")
+    return calibration_text(method, float(bundle.get("temperature", 1.0)))
+
+
+def probability_kind(bundle: Mapping[str, Any]) -> str:
+    method = str(bundle.get("calibration") or "temperature")
+    if method == "temperature":
+        return "temperature-calibrated P(IDC)"
+    if method == "none":
+        return "class-balanced P(IDC) (no calibration: see the Model table)"
+    return f"P(IDC) calibrated by {method}"
+
+
+def tta_row(summary: Mapping[str, Any]) -> str:
+    """The averaging that ran: recorded by evaluate (``tta_in_use``) from the bundle's card,
+    else (older metrics.json) what the flag asked for."""
+    if summary.get("tta_in_use"):
+        return str(summary["tta_in_use"])
+    return "8 dihedral views, mean logit" if summary.get("tta") else "off"
+
+
 def _table(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "")) -> list[str]:
     lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
@@ -106,7 +131,7 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         ("Backbone", f"`{bundle['backbone']}`"),
         ("Input", f"{bundle['patch_size']} px patches at {bundle['mpp']} µm/px, resized to "
                   f"{bundle['input_size']} px inside the ONNX graph"),
-        ("Calibration", f"temperature scaling, T = {bundle['temperature']:.4f}"),
+        ("Calibration", calibration_row(bundle)),
         ("Call", f"IDC Positive when P(IDC) >= {threshold:.2%}"),
         ("Review flag", f"P(IDC) >= {bundle['threshold']:.2%} (the bundle's review threshold)"),
         ("ONNX sha256", f"`{bundle['onnx_sha256']}`"),
@@ -124,7 +149,7 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         "",
         f"- Split: **{summary['split']}** ({data['n_patients']} patients, "
         f"{data['n_patches']:,} patches, {n_idc:,} IDC = {data['idc_prevalence']:.1%})",
-        f"- Test-time augmentation: {'8 dihedral views, mean logit' if summary['tta'] else 'off'}",
+        f"- Test-time augmentation: {tta_row(summary)}",
         "",
         "## Metrics",
         "",
@@ -158,12 +183,12 @@ def render_report(summary: Mapping[str, Any], patients: list[Mapping[str, Any]] 
         "",
         "## Decision convention",
         "",
-        f"A patch is called IDC Positive when its calibrated P(IDC) is at least {threshold:.2%} "
+        f"A patch is called IDC Positive when its P(IDC) is at least {threshold:.2%} "
         "(IDC more likely than not), and its confidence is the probability of the class called. "
         f"The review flag marks P(IDC) >= {bundle['threshold']:.2%}, the bundle's review "
         f"threshold: {threshold_note(bundle)}. It was fixed before this evaluation, so the "
         f"{summary['split']} data did not influence it. Probabilities are "
-        "temperature-calibrated P(IDC), exactly as `idcscan predict` and the server report them.",
+        f"{probability_kind(bundle)}, exactly as `idcscan predict` and the server report them.",
         "",
     ]
     review = summary.get("review")

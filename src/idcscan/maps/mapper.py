@@ -12,7 +12,6 @@ overlaps ``infer`` (ONNX Runtime); ``total`` is the wall time, so read + infer c
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 
 from idcscan import DISCLAIMER
 from idcscan.errors import IdcscanError
+from idcscan.preprocessing import TRAINING_MPP
+from idcscan.maps.caveats import map_caveats
 from idcscan.maps.context import check_context, sigma_in_cells, smooth_probabilities
 from idcscan.maps.regions import Regions
 from idcscan.runtime.labels import CONTEXT_SIGMA, area_threshold
@@ -42,7 +43,8 @@ ProgressFn = Callable[[int, int], None]
 
 
 class ScaleWarning(UserWarning):
-    """The slide's scale was assumed, or is coarser than the training scale."""
+    """A caveat about the slide's scale. Front ends still collect these, but every scale
+    caveat now lives in the summary's ``warnings`` (``maps.caveats``), where it is kept."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class SlideSummary:
     width: int
     height: int
     mpp: float
-    mpp_source: str  # "metadata", "option" (--mpp) or "assumed" (training scale)
+    mpp_source: str  # "metadata" or "option" (--mpp); "assumed" only in older folders
     level: int
     level_downsample: float
     tile_size: int  # level-0 pixels
@@ -109,6 +111,12 @@ class SlideSummary:
     stain: dict[str, Any] = field(default_factory=dict)
     #: the regions the map was restricted to (``Regions.describe``; {} for the whole slide)
     regions: dict[str, Any] = field(default_factory=dict)
+    #: what a reader must know before trusting the numbers (``maps.caveats``); [] if nothing
+    warnings: list[str] = field(default_factory=list)
+    #: which file this is the map of (``maps.identity``): a re-run skips only the same content
+    fingerprint: str = ""
+    #: views averaged per tile (1: none; in the model's graph or at run time, ``tta_views``)
+    tta_views: int = 1
     disclaimer: str = DISCLAIMER
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,7 +127,7 @@ class SlideSummary:
         "slide", "path", "width", "height", "mpp", "mpp_source", "level", "tile_size",
         "stride", "n_tiles", "n_idc_tiles", "tissue_area_mm2", "idc_area_mm2",
         "idc_fraction", "n_regions", "threshold", "context", "tta", "time_total_s", "model",
-        "model_sha256", "demo", "qc_excluded_mm2", "regions",
+        "model_sha256", "demo", "qc_excluded_mm2", "regions", "warnings",
     )  # fmt: skip
 
     def csv_row(self) -> dict[str, Any]:
@@ -129,6 +137,7 @@ class SlideSummary:
         row["model_sha256"] = self.model.get("sha256")
         row["regions"] = (f"{self.regions['count']} region(s) in {self.regions['file']}"
                           if self.regions else "")
+        row["warnings"] = " | ".join(self.warnings)
         return row
 
 
@@ -167,6 +176,10 @@ class SlideMap:
     qc_params: QCParams = field(default_factory=QCParams)
     #: the regions scored (on the slide), None for the whole slide
     regions: Regions | None = None
+    fingerprint: str = ""
+    tta_views: int = 1
+    #: the scale the model was trained at (µm/px), for the caveats
+    training_mpp: float = TRAINING_MPP
 
     def qc_origins(self) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = np.divmod(self.qc_tile_index, self.grid.cols)
@@ -192,6 +205,8 @@ class SlideMap:
         classified = ~np.isnan(self.cells)
         n_tiles = int(len(self.probabilities))
         n_idc = int(np.count_nonzero(self.probabilities >= self.threshold))
+        qc_tiles = {kind: int(np.count_nonzero(self.qc_tile_kind == KIND_CODES[kind]))
+                    for kind in KINDS}
         return SlideSummary(
             slide=self.name,
             path=self.path,
@@ -222,42 +237,40 @@ class SlideMap:
             qc_excluded_mm2=round(
                 len(self.qc_tile_index) * (self.grid.stride * self.mpp) ** 2 / 1e6, 6
             ),
-            qc_tiles={
-                kind: int(np.count_nonzero(self.qc_tile_kind == KIND_CODES[kind]))
-                for kind in KINDS
-            },
+            qc_tiles=qc_tiles,
             qc=self.qc_params.to_dict(),
             regions=self.regions.describe(self.mpp) if self.regions is not None else {},
+            warnings=map_caveats(n_tiles, qc_tiles, self.mpp, self.mpp_source,
+                                 self.training_mpp),
+            fingerprint=self.fingerprint,
+            tta_views=self.tta_views,
         )
 
 
-def resolve_mpp(
-    reader: SlideReader, fallback: float | None, training_mpp: float
-) -> tuple[float, str]:
-    """The slide's level-0 µm/px: its metadata, else ``--mpp``, else the training scale.
+class NoScale(IdcscanError):
+    """A file that records no scale, mapped without one being given: refused, never guessed.
 
-    Only plain pictures (PNG, JPEG; ``idcscan mosaic`` output) may fall back to the training
-    scale, with a warning: a whole-slide file without a scale is refused (its scale could
-    be anything from 0.1 to 20 µm/px; a guess would silently give a wrong map).
-    """
+    The message names the command line's ``--mpp``; the server words its own (``name``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"{name} records no scale (µm per pixel): give the scale of its full resolution "
+            f"with --mpp (about 0.25 for a 40x scan, 0.5 for 20x, {TRAINING_MPP:g} for an image "
+            "already at the training scale). A guessed scale would give a wrong map."
+        )
+
+
+def resolve_mpp(reader: SlideReader, given: float | None) -> tuple[float, str]:
+    """The slide's level-0 µm/px: its metadata, else the one given (``--mpp``, the scale
+    field). One rule for every front end: a file without a scale is never mapped at a guess."""
     if reader.mpp is not None:
         return float(reader.mpp), "metadata"
-    if fallback is not None:
-        if fallback <= 0:
-            raise IdcscanError(f"--mpp must be positive, got {fallback}.")
-        return float(fallback), "option"
-    if reader.backend in ("tiffslide", "openslide") and reader.level_count > 1:
-        raise IdcscanError(
-            f"{reader.name} carries no scale (µm/px) a microscope would give; pass --mpp "
-            "(µm per pixel of its full resolution) to map it."
-        )
-    warnings.warn(
-        f"{reader.name} carries no scale (µm/px); assuming it is already at the training scale "
-        f"({training_mpp:g} µm/px). Pass --mpp if it is not.",
-        ScaleWarning,
-        stacklevel=3,
-    )
-    return training_mpp, "assumed"
+    if given is not None:
+        if given <= 0:
+            raise IdcscanError(f"--mpp must be positive, got {given}.")
+        return float(given), "option"
+    raise NoScale(reader.name)
 
 
 def thumbnail_downsample(width: int, height: int, tile: int) -> float:
@@ -303,15 +316,8 @@ def map_slide(
         raise IdcscanError(f"--threshold must be between 0 and 1, got {threshold}.")
     check_context(options.context)
 
-    mpp, mpp_source = resolve_mpp(reader, options.mpp, card.mpp)
-    if mpp > card.mpp * 1.25:
-        warnings.warn(
-            f"{reader.name} is at {mpp:g} µm/px, coarser than the training scale "
-            f"({card.mpp:g} µm/px): tiles are upsampled and the model sees less detail than it "
-            "was trained on.",
-            ScaleWarning,
-            stacklevel=2,
-        )
+    # a scale coarser than training is said in the summary's warnings (maps.caveats)
+    mpp, mpp_source = resolve_mpp(reader, options.mpp)
     grid = plan_grid(reader, mpp, card.mpp, card.patch_size, options.stride)
     if options.max_tiles is not None and grid.n_tiles > options.max_tiles:
         raise TooManyTiles(reader.name, mpp, grid.cols, grid.rows, options.max_tiles)
@@ -405,7 +411,9 @@ def map_slide(
         context=float(options.context),
         stain=stain,
         patch_probabilities=patch_probabilities,
-        tta=options.tta,
+        tta=predictor.tta_views(options.tta) > 1,
+        tta_views=predictor.tta_views(options.tta),
+        training_mpp=card.mpp,
         model={
             "name": card.name,
             "version": card.version,

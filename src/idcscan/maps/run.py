@@ -1,11 +1,12 @@
 """Slide mode on disk: one slide into ``OUT/<slide name>/`` (atomically), or many with resume
 and sharding.
 
-``analyse_slide`` maps a slide (``slide.map_slide``) and writes the outputs other tools open
-(``slide_outputs``) beside its siblings; ``run_slides`` walks a list of slides, skips the
-finished ones, records failures and keeps going, then writes ``summary.csv`` for the whole
-folder. ``idcscan slide``, the Dask cohort runner and the viewer's "map this slide" action
-all end in ``analyse_slide``, so their folders are the same files.
+``analyse_slide`` maps a slide (``mapper.map_slide``) and writes the outputs other tools open
+(``outputs.write_outputs``) beside its siblings; ``run_slides`` walks a list of slides, skips
+the ones already mapped from the same file (``identity``: a folder's name alone never counts),
+records failures and keeps going, then writes ``summary.csv`` for the whole folder.
+``idcscan slide``, the Dask cohort runner and the viewer's "map this slide" action all end in
+``analyse_slide``, so their folders are the same files.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from idcscan.maps.mapper import (
     map_slide,
 )
 from idcscan.maps.failures import clear_failure, read_failures, record_failure
+from idcscan.maps.identity import fingerprint, plan_run
 from idcscan.maps.outputs import write_outputs
 from idcscan.slides.formats import open_slide
 from idcscan.slides.reader import SUPPORTED_SUFFIXES
@@ -48,6 +50,7 @@ def slide_name(path: str | Path) -> str:
 
 
 def is_finished(out_dir: Path, name: str) -> bool:
+    """A complete folder of that name exists (of whichever file: see ``maps.identity``)."""
     return (out_dir / name / SUMMARY_JSON).is_file()
 
 
@@ -58,6 +61,7 @@ def analyse_slide(
     options: SlideOptions = SlideOptions(),
     on_progress: ProgressFn | None = None,
     recorded_path: str | None = None,
+    content: str | None = None,
 ) -> SlideSummary:
     """Map one slide and write ``out_dir/<slide name>/`` (built aside, then renamed into place).
 
@@ -65,13 +69,16 @@ def analyse_slide(
     only a hidden ``.<name>.partial-<pid>`` folder, removed when the slide is done again.
     ``recorded_path``: the slide's path as summary.json gives it (default ``path``; the
     server gives its path under the slide folder, never where that folder lives).
+    ``content``: the file's fingerprint if already taken (``maps.identity``).
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     name = slide_name(path)
+    content = content or fingerprint(path)
     with open_slide(path) as reader:
         slide = map_slide(predictor, reader, options, name=name, on_progress=on_progress)
     slide.path = str(path) if recorded_path is None else recorded_path
+    slide.fingerprint = content
 
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +205,9 @@ def run_slides(
     progress: bool = True,
     console: Any = None,
 ) -> RunReport:
-    """Map many slides into ``out_dir``; finished slides are skipped, failures reported.
+    """Map many slides into ``out_dir``; slides already mapped from the same file unchanged
+    are skipped, failures reported, and a name shared with a different file already mapped
+    there refuses the run (``maps.identity``).
 
     One slide failing (unreadable file) does not stop the others; the report lists it.
     """
@@ -206,20 +215,20 @@ def run_slides(
     out_dir = Path(out_dir)
     shard_t = shard if isinstance(shard, tuple) else parse_shard(shard)
     paths = select_shard(expand_inputs(inputs), shard_t)
-    report = RunReport()
+    plan = plan_run(paths, out_dir, slide_name)  # a name clash stops here, before any work
+    report = RunReport(skipped=plan.skipped)
     with progress_bar(progress, unit="tiles", console=console) as bar:
-        for path in paths:
+        for path, content in plan.todo:
             name = slide_name(path)
-            if is_finished(out_dir, name):
-                report.skipped.append(path)
-                continue
             task = bar.add_task(name, total=None)
 
             def update(done: int, total: int, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)
 
             try:
-                report.done.append(analyse_slide(predictor, path, out_dir, options, update))
+                report.done.append(
+                    analyse_slide(predictor, path, out_dir, options, update, content)
+                )
             except IdcscanError as exc:
                 report.failed.append((path, str(exc)))
                 record_failure(out_dir, name, path, str(exc))

@@ -255,6 +255,25 @@ def stain_text(stain: dict[str, Any] | None) -> str:
     return "Reinhard (lαβ), per patch, to a target fitted on the training patches."
 
 
+def tta_views(card: ModelCard, requested: bool = False) -> tuple[int, bool]:
+    """(views each answer averages, whether the graph averages them itself): a graph with TTA
+    always averages its own views, so asking for TTA at run time then changes nothing."""
+    tta = (card.model_extra or {}).get("tta")
+    if isinstance(tta, dict) and tta.get("in_graph"):
+        return int(tta.get("views", 8)), True
+    return (8 if requested else 1), False
+
+
+def tta_in_use(card: ModelCard, requested: bool = False) -> str:
+    """What averaging ran, in words, for outputs and reports (from the card, not the flag)."""
+    views, in_graph = tta_views(card, requested)
+    if in_graph:
+        return f"{views} flipped/rotated views averaged inside the model (always on)"
+    if views > 1:
+        return f"{views} flips/rotations averaged at run time (--tta)"
+    return "off (one view per patch)"
+
+
 def tta_text(tta: dict[str, Any] | None) -> str:
     if not isinstance(tta, dict) or not tta.get("in_graph"):
         return "none (one view per patch)"

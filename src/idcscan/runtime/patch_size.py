@@ -8,9 +8,10 @@ tell the two apart from the pixels, so it says what it did:
 
 * up to ``MAX_PATCH_SIDE`` px on the long side: scored as one patch, with a warning when it was
   padded or resized;
-* above it: ``/predict`` refuses (HTTP 422, naming ``/slide``) and ``idcscan predict`` scores
-  it but warns to map it with ``idcscan slide``. Large images belong to slide mode, which
-  tiles them at the training scale.
+* above it: not scored, by either: ``/predict`` refuses (HTTP 422, naming ``/slide``) and
+  ``idcscan predict`` gives its row a one-line error naming ``idcscan slide`` (the command
+  exits 2 when nothing was scored). Large images belong to slide mode, which tiles them at
+  the training scale.
 """
 
 from __future__ import annotations
@@ -64,14 +65,23 @@ def check_patch_size(
         )
 
 
-def cli_warning(size: tuple[int, int], patch_size: int, mpp: float,
+def cli_refusal(size: tuple[int, int], patch_size: int, path: str,
                 max_side: int = MAX_PATCH_SIDE) -> str | None:
-    """The one-line warning ``idcscan predict`` prints for a file of ``size`` (None if fine)."""
-    if max(size) > max_side:
-        return (
-            f"{size_text(size)} is a large image, not a patch: scored as ONE {patch_size} px "
-            "patch, which means little; map it with `idcscan slide BUNDLE FILE --out DIR`."
-        )
+    """The error of ``idcscan predict``'s row for a file of ``size`` too large to be a patch
+    (None when it may be scored as one), as ``check_patch_size`` words it for /predict."""
+    if max(size) <= max_side:
+        return None
+    return (
+        f"{path}: {size_text(size)} is a large image (a tissue section), not a {patch_size} x "
+        f"{patch_size} px patch, so it was not scored: squeezed into one patch its answer would "
+        f"mean nothing. Map it with `idcscan slide BUNDLE {path} --out DIR`, which tiles it at "
+        "the training scale."
+    )
+
+
+def cli_warning(size: tuple[int, int], patch_size: int, mpp: float) -> str | None:
+    """The one-line warning ``idcscan predict`` prints for a patch of ``size`` that was
+    resized (None if it was not; larger images are refused, ``cli_refusal``)."""
     if max(size) > patch_size:
         return (
             f"{size_text(size)} was resized to one {patch_size} x {patch_size} px patch "

@@ -4,6 +4,8 @@ Every image goes ``decode_rgb`` -> ``to_patch`` -> ``Predictor``, the same path 
 and (for 50 x 50 Kaggle PNGs, whose patch is exactly the ``patches.npy`` row) as ``idcscan
 evaluate``, so one image gets one probability everywhere. A file that cannot be read gets a row
 with the reason and the run goes on: one broken file in ten thousand should not cost the rest.
+So does an image far larger than a patch (a tissue section): it is not scored as one patch,
+as ``/predict`` refuses it too; its row names ``idcscan slide``.
 
 Probabilities in the rows are fractions in [0, 1] (the HTTP API shows percents for people).
 The call and the review flag follow ``idcscan.runtime.labels``; ``warning`` says when an
@@ -37,9 +39,10 @@ from idcscan.runtime.labels import (
     confidence,
     flagged,
 )
+from idcscan.runtime.model_card import tta_in_use
 from idcscan.runtime.predictor import Predictor
 from idcscan.stain import StainGroup
-from idcscan.runtime.patch_size import cli_warning
+from idcscan.runtime.patch_size import cli_refusal, cli_warning
 from idcscan.preprocessing import to_patch
 
 #: Suffixes picked up when walking a folder (case-insensitive). Files named explicitly are
@@ -110,12 +113,14 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 def _load_patch(
     path: Path, patch_size: int, max_pixels: int
 ) -> tuple[np.ndarray, tuple[int, int]] | str:
-    """(patch, original size), or the reason the file cannot be used."""
+    """(patch, original size), or the reason the file is not scored: unreadable, or a large
+    image (a tissue section) that only means something mapped tile by tile."""
     try:
         rgb = decode_rgb(path, max_pixels=max_pixels)
-        return to_patch(rgb, patch_size), rgb.size
     except ImageError as exc:
         return str(exc)
+    refusal = cli_refusal(rgb.size, patch_size, str(path))
+    return refusal if refusal is not None else (to_patch(rgb, patch_size), rgb.size)
 
 
 #: ``--stain-group``: which images share stains, for a bundle that normalises per group.
@@ -246,7 +251,9 @@ def _json_text(
         "review_threshold": predictor.threshold,
         "decision": {"call": CALL_RULE, "review_flag": FLAG_RULE},
         "demo": bool(card.demo),
-        "tta": tta,
+        "tta": predictor.tta_views(tta) > 1,
+        "tta_views": predictor.tta_views(tta),
+        "tta_in_use": tta_in_use(card, tta),
         **({"stain_normalisation": {"method": "macenko", "group": stain_group}}
            if predictor.group_norm is not None else {}),
         "probabilities": "fractions in [0, 1]; confidence = probability of predicted_class",

@@ -16,6 +16,7 @@ import numpy as np
 from idcscan.errors import IdcscanError
 from idcscan.runtime.bundle import Bundle, load_bundle
 from idcscan.runtime.engine import Engine, open_engine
+from idcscan.runtime.model_card import tta_views
 from idcscan.stain import MacenkoNorm, StainGroup, stain_norm_from_dict
 from idcscan.tta import view_indices
 
@@ -82,6 +83,11 @@ class Predictor:
         """The bundle's graph already averages the dihedral views (``idcscan train --tta``)."""
         tta = (self.card.model_extra or {}).get("tta")
         return isinstance(tta, dict) and bool(tta.get("in_graph"))
+
+    def tta_views(self, requested: bool = False) -> int:
+        """How many views each answer averages: the graph's own where it averages them (then
+        ``requested`` changes nothing), else 8 at run time when asked, else 1."""
+        return tta_views(self.card, requested)[0]
 
     @property
     def threshold(self) -> float:

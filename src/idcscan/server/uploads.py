@@ -46,6 +46,15 @@ class UploadTooLarge(UploadError):
     """The body or a file is over the size limit (HTTP 413)."""
 
 
+class NotAPatchUpload(UploadTooLarge):
+    """Too large for /predict, and a large image rather than a patch: still a 413, with
+    ``"use": "/slide"`` when /slide takes it (its limits are larger)."""
+
+    def __init__(self, message: str, use_instead: str | None) -> None:
+        super().__init__(message)
+        self.use_instead = use_instead
+
+
 class BadUpload(UploadError):
     """Not a usable multipart/form-data body (HTTP 400)."""
 

@@ -22,31 +22,46 @@ from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTh
 from timm.utils import ModelEmaV3
 
 from idcscan.training.rates import measure_rates
-from idcscan.training.schedule import Rates, Schedule, replan
+from idcscan.training.schedule import Rates, Schedule, refit, replan
 
 METRIC_COLUMNS = ["epoch", "phase", "step", "elapsed_s", "train_loss", "val_loss", "val_auc",
                   "lr_head", "lr_backbone"]
 
 
+#: phase-2 re-fits per round (``schedule.refit``), from the speed of the steps since the last
+REFITS_PER_ROUND = 16
+#: ... and one sooner whenever this share of the time left has passed since the last
+REFIT_TIME_SHARE = 0.05
+
+
 class ScheduleFit(L.Callback):
-    """Fits the two-phase schedule to the time left (rank 0 measures), and stops at a hard
-    deadline as a safety net should the machine slow down mid-run."""
+    """Fits the two-phase schedule to the time left (rank 0 measures), re-fits it from the
+    run's own speed after every round and many times within each phase-2 round, and stops at a
+    hard deadline as a last safety net.
+
+    ``clock`` (default ``time.time``) is the only time source: a test gives it a clock of its
+    own, so that how a plan follows a slowed-down run does not depend on the machine running
+    the test."""
 
     def __init__(self, datamodule: Any, *, deadline: float | None, make_schedule: Callable[
             [Rates, float], Schedule], export_s: float, autocast: Any = None,
             on_schedule: Callable[[Schedule, float | None], None] | None = None,
-            hard_stop_slack_s: float = 0.0) -> None:
+            hard_stop_slack_s: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.datamodule = datamodule
-        self.deadline = deadline  # wall clock (time.time()), rank 0's value wins
+        self.deadline = deadline  # on ``clock`` (wall clock), rank 0's value wins
         self.make_schedule = make_schedule
         self.export_s = export_s
         self.autocast = autocast
         self.on_schedule = on_schedule
         self.hard_stop_slack_s = hard_stop_slack_s
+        self.clock = clock
         self.hard_deadline: float | None = None
         self.rates: Rates | None = None
         self._round_start = self._val_start = 0.0
         self._val_s: float | None = None
+        #: within a round: its data loader's length, and the last re-fit's time and step
+        self._capacity = 0
+        self._window = (0.0, 0)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -58,7 +73,7 @@ class ScheduleFit(L.Callback):
             rates = Rates(t1, t2, tv, self.datamodule.val_batch_count(trainer.world_size),
                           self.export_s)
             self.rates = rates
-            left = (self.deadline - time.time()) if self.deadline is not None else float("inf")
+            left = (self.deadline - self.clock()) if self.deadline is not None else float("inf")
             payload = {"schedule": self.make_schedule(rates, left).to_dict(),
                        "deadline": self.deadline}
         elif trainer.is_global_zero:
@@ -82,13 +97,17 @@ class ScheduleFit(L.Callback):
 
     # ------------------------------------------------------------------ closed-loop re-planning
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._round_start = time.time()
+        self._round_start = self.clock()
+        self._window = (self._round_start, 0)
+        schedule = pl_module.schedule
+        if schedule is not None and trainer.current_epoch < len(schedule.epoch_steps):
+            self._capacity = schedule.epoch_steps[trainer.current_epoch]
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_start = time.time()
+        self._val_start = self.clock()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_s = time.time() - self._val_start
+        self._val_s = self.clock() - self._val_start
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         schedule: Schedule = pl_module.schedule
@@ -108,7 +127,7 @@ class ScheduleFit(L.Callback):
             else:  # resumed after phase 1 without a probe: scale phase 1's rate
                 step_s = 2.5 * train_s / max(1, steps)
             val_s = self._val_s if self._val_s is not None else 0.0
-            new_steps = replan(schedule, epoch + 1, self.deadline - time.time(), step_s, val_s)
+            new_steps = replan(schedule, epoch + 1, self.deadline - self.clock(), step_s, val_s)
             if new_steps is not None and new_steps != schedule.epoch_steps:
                 schedule.details.setdefault("replans", []).append(
                     {"after_round": epoch, "step_s": round(step_s, 4),
@@ -122,14 +141,54 @@ class ScheduleFit(L.Callback):
         if self.on_schedule is not None and trainer.is_global_zero:
             self.on_schedule(schedule, self.deadline)
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.hard_deadline is None:
             return
-        stop = time.time() > self.hard_deadline
+        new_steps, stop = None, False
+        if trainer.is_global_zero:
+            now = self.clock()
+            new_steps = self._refit(trainer, pl_module.schedule, batch_idx + 1, now)
+            stop = now > self.hard_deadline
         if trainer.world_size > 1:
-            stop = trainer.strategy.broadcast(stop, src=0)
+            new_steps, stop = trainer.strategy.broadcast((new_steps, stop), src=0)
+        schedule: Schedule = pl_module.schedule
+        if new_steps is not None and new_steps != schedule.epoch_steps:
+            schedule.resize(new_steps, trainer.current_epoch, in_round=batch_idx + 1)
+            self.datamodule.set_schedule(schedule.epoch_steps)
+            # The round's validation follows its (new) last step: Lightning validates at the
+            # batch count it took from the round's data loader, recomputed every round; the
+            # module then ends the round (``IDCModule.on_train_batch_start``).
+            trainer.val_check_batch = schedule.epoch_steps[trainer.current_epoch]
+            if self.on_schedule is not None and trainer.is_global_zero:
+                self.on_schedule(schedule, self.deadline)
         if stop:
             trainer.should_stop = True
+
+    def _refit(self, trainer: L.Trainer, schedule: Schedule, done: int, now: float
+               ) -> list[int] | None:
+        """Rank 0: a re-fit of phase 2 from the steps since the last one, when it is due (every
+        round/REFITS_PER_ROUND steps, or sooner once REFIT_TIME_SHARE of the time left has
+        passed) and before the round's last step (whose round-end re-plan follows)."""
+        epoch = trainer.current_epoch
+        if epoch < schedule.phase1_epochs or done >= schedule.epoch_steps[epoch]:
+            return None
+        since, at = self._window
+        every = max(1, self._capacity // REFITS_PER_ROUND)
+        due = done - at >= every or now - since >= REFIT_TIME_SHARE * (self.deadline - now)
+        if not due or done == at:
+            return None
+        step_s = max(1e-9, (now - since) / (done - at))
+        self._window = (now, done)
+        val_s = self._val_s if self._val_s is not None else \
+            (self.rates.val_pass_s if self.rates is not None else 0.0)
+        new_steps = refit(schedule, epoch, done, self._capacity, self.deadline - now, step_s,
+                          val_s)
+        if new_steps is not None and new_steps != schedule.epoch_steps:
+            schedule.details.setdefault("replans", []).append(
+                {"in_round": epoch, "after_step": done, "step_s": round(step_s, 4),
+                 "epoch_steps": new_steps})
+        return new_steps
 
 
 class RoundMetricsCSV(L.Callback):

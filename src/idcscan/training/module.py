@@ -81,6 +81,7 @@ class IDCModule(L.LightningModule):
         self._tail_bn = [m for m in tail if isinstance(m, _BN_TYPES)]
         self._tail_params = [p for m in tail for p in m.parameters(recurse=False)]
         self.phase = 1
+        self._skipped = False  # the batch just seen ended its round (no optimizer step)
         self.val_auc = BinaryAUROC()
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
@@ -133,11 +134,27 @@ class IDCModule(L.LightningModule):
         # resumed run replays is the very round the interrupted run would have trained.
         torch.manual_seed(hash((self.seed, self.current_epoch, self.global_rank)) % (2**63))
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        # A re-fit on a slowed machine may end the round sooner than its data loader (built
+        # at the round's start) would: the round's validation ran after its new last step
+        # (``ScheduleFit``), and -1 ends the round here.
+        steps = self.schedule.epoch_steps if self.schedule is not None else []
+        if self.current_epoch < len(steps) and batch_idx >= steps[self.current_epoch]:
+            self._skipped = True
+            return -1
         phase = self.phase_at(self.global_step)
         if phase != self.phase:
             self.set_phase(phase)
         self._apply_bn_modes()
+        return None
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Lightning steps the scheduler for a batch skipped by ``on_train_batch_start``
+        too; the learning rate must follow the optimizer's steps, so that one is left out."""
+        if self._skipped:
+            self._skipped = False
+            return
+        scheduler.step() if metric is None else scheduler.step(metric)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         images, labels = batch

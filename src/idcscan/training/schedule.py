@@ -6,8 +6,11 @@ phase (data, augmentation, forward, backward, optimizer) and a validation batch,
 setup, validation rounds, calibration and export will cost, and size both phases to what is
 left. A short budget therefore gets a complete, smaller schedule: phase 1, phase 2 with its
 warm-up and cosine decay to the end, a validation at every round, then export. After every
-round the remaining rounds are re-sized from the rates the run itself showed (``replan``), so
-a machine that gets busier or quieter mid-run still ends on time with the budget used.
+round the remaining rounds are re-sized from the rates the run itself showed (``replan``),
+and within a phase-2 round the plan is re-fitted from the speed of its latest steps
+(``refit``, many times a round): a machine that gets busier mid-round shortens the round and
+bends the cosine to end sooner, instead of running into the deadline with the learning rate
+still high. Either way the last step runs at the final learning rate.
 """
 
 from __future__ import annotations
@@ -90,10 +93,12 @@ class Schedule:
 
     def _progress(self, t: int) -> float:
         """How far along the cosine phase-2 step ``t`` is: piecewise linear through the
-        anchors, from 0 at the end of the warm-up to 1 at the last step."""
+        anchors, from 0 at the end of the warm-up to 1 at the last step (index
+        ``phase2_steps - 1``: the last step runs at the final learning rate, however close
+        to it a re-fit bent the cosine)."""
         xs = [float(self.warmup_steps)] + [a[0] for a in self.anchors]
         ys = [0.0] + [a[1] for a in self.anchors]
-        end = max(xs[-1] + 1, self.phase2_steps)
+        end = max(xs[-1] + 1, self.phase2_steps - 1)
         xs.append(float(end))
         ys.append(1.0)
         for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
@@ -101,12 +106,15 @@ class Schedule:
                 return y0 + (y1 - y0) * max(0.0, t - x0) / (x1 - x0)
         return 1.0
 
-    def resize(self, epoch_steps: list[int], done_epochs: int) -> None:
-        """Take new round lengths after ``done_epochs`` rounds, in place (the LR lambdas hold
-        this object), keeping the learning rate continuous at the step where it happens."""
-        if done_epochs > self.phase1_epochs:
-            t = sum(self.epoch_steps[self.phase1_epochs:done_epochs])
-            if self.warmup_steps < t < self.phase2_steps:
+    def resize(self, epoch_steps: list[int], done_epochs: int, in_round: int = 0) -> None:
+        """Take new round lengths after ``done_epochs`` rounds and ``in_round`` steps of the
+        next, in place (the LR lambdas hold this object), keeping the learning rate
+        continuous at the step where it happens."""
+        if done_epochs >= self.phase1_epochs:
+            t = sum(self.epoch_steps[self.phase1_epochs:done_epochs]) + in_round
+            # (the next step the last one: no pin, it runs at the final learning rate)
+            new_end = sum(epoch_steps[self.phase1_epochs:]) - 1
+            if self.warmup_steps < t < min(self.phase2_steps - 1, new_end):
                 self.anchors.append([float(t), self._progress(t)])
         self.epoch_steps[:] = epoch_steps
 
@@ -216,3 +224,26 @@ def replan(schedule: Schedule, done_epochs: int, seconds_left: float, step_s: fl
     cap = details.get("phase2_cap", 10**9) - done2
     steps = max(remaining, min(cap, int(budget / (step_s * REPLAN_SAFETY))))
     return schedule.epoch_steps[:done_epochs] + split_rounds(steps, remaining)
+
+
+def refit(schedule: Schedule, epoch: int, done: int, capacity: int, seconds_left: float,
+          step_s: float, val_s: float) -> list[int] | None:
+    """Re-fit phase 2 in the middle of round ``epoch``, ``done`` steps into it, from the speed
+    of the latest steps (``step_s``): the steps the time left affords, this round's share
+    ending it sooner (or later, up to the ``capacity`` its data loader holds) and the rest
+    split over the rounds after it, each kept at least one step. The round-end ``replan``
+    alone reacts a round late: on a machine that slows down mid-round the deadline would stop
+    training with the learning rate still high. Returns the new ``epoch_steps``, or None when
+    there is nothing to re-fit (no budget, or still in phase 1)."""
+    details = schedule.details
+    if details.get("mode") != "time budget" or epoch < schedule.phase1_epochs:
+        return None
+    after = len(schedule.epoch_steps) - epoch - 1
+    budget = seconds_left - details.get("tail_cost_s", 0.0) - (after + 1) * val_s * REPLAN_SAFETY
+    done2 = sum(schedule.epoch_steps[schedule.phase1_epochs:epoch]) + done
+    cap = details.get("phase2_cap", 10**9) - done2
+    steps = max(after, min(cap, int(max(budget, 0.0) / (step_s * REPLAN_SAFETY))))
+    here = steps if after == 0 else int(round(steps / (after + 1)))
+    here = max(0, min(capacity - done, here))
+    later = split_rounds(max(steps - here, after), after) if after else []
+    return schedule.epoch_steps[:epoch] + [done + here] + later

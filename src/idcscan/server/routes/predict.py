@@ -20,7 +20,7 @@ from idcscan import DISCLAIMER
 from idcscan.errors import IdcscanError
 from idcscan.runtime.batching import Scored
 from idcscan.runtime.explain import explain as explain_cam
-from idcscan.images import decode_rgb, png_data_url
+from idcscan.images import ImageTooLarge, decode_rgb, png_data_url
 from idcscan.runtime.patch_size import MAX_PATCH_SIDE, check_patch_size, patch_warnings
 from idcscan.preprocessing import to_patch
 from idcscan.server.schemas import BatchResponse, ErrorResponse, PredictResponse, verdict
@@ -28,6 +28,8 @@ from idcscan.server.state import ServerState, get_state
 from idcscan.server.uploads import (
     ENVELOPE_BYTES,
     BadUpload,
+    NotAPatchUpload,
+    UploadTooLarge,
     many_files,
     multipart_body,
     one_file,
@@ -36,7 +38,8 @@ from idcscan.server.uploads import (
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "No usable upload, or a broken image."},
-    413: {"model": ErrorResponse, "description": "Too many bytes or pixels."},
+    413: {"model": ErrorResponse, "description": "Too many bytes or pixels; with "
+          '"use": "/slide" when the large-image view takes it.'},
     415: {"model": ErrorResponse, "description": "An image format idcscan does not decode."},
     422: {
         "model": ErrorResponse,
@@ -124,6 +127,24 @@ async def score_image(
     return await run_in_threadpool(_render, state, preview, scored, notes)
 
 
+def to_slide(exc: UploadTooLarge | ImageTooLarge, state: ServerState) -> NotAPatchUpload:
+    """The 413 of an upload too large for /predict, saying where it belongs: /slide (the
+    large-image view) when its limits take it, else ``idcscan slide``."""
+    s = state.settings
+    size = getattr(exc, "size", None)
+    # an image whose size Pillow refused to read is over its decompression-bomb bound, which
+    # /slide's decoder keeps too
+    beyond = size[0] * size[1] > s.max_slide_pixels if size else isinstance(exc, ImageTooLarge)
+    if beyond:
+        return NotAPatchUpload(
+            f"{exc} That is over the large-image view's limit ({s.max_slide_pixels:,} pixels) "
+            "too: map it with `idcscan slide BUNDLE FILE --out DIR` on the command line.", None)
+    return NotAPatchUpload(
+        f"{exc} An image this large is not a patch: send it to POST /slide (the large-image "
+        f"view, /static/slide.html), which takes up to {s.max_slide_upload_mb:g} MB and "
+        f"{s.max_slide_pixels:,} pixels and tiles it at the training scale.", "/slide")
+
+
 router = APIRouter()
 
 
@@ -142,14 +163,17 @@ async def predict(
 ) -> dict[str, Any]:
     """Upload one image in multipart field ``file``; get the IDC call in percent."""
     limits = state.settings
-    parts = await read_form(
-        request,
-        max_bytes=limits.max_upload_bytes + ENVELOPE_BYTES,
-        max_file_bytes=limits.max_upload_bytes,
-        max_parts=8,
-    )
-    upload = one_file(parts, "file")
-    return await score_image(state, upload.data, explain)
+    try:
+        parts = await read_form(
+            request,
+            max_bytes=limits.max_upload_bytes + ENVELOPE_BYTES,
+            max_file_bytes=limits.max_upload_bytes,
+            max_parts=8,
+        )
+        upload = one_file(parts, "file")
+        return await score_image(state, upload.data, explain)
+    except (UploadTooLarge, ImageTooLarge) as exc:
+        raise to_slide(exc, state) from exc
 
 
 @router.post(
@@ -187,6 +211,8 @@ async def predict_batch(
             if not data:
                 raise BadUpload("The file is empty.")
             answer = await score_image(state, data, explain)
+        except ImageTooLarge as exc:
+            return {"filename": name, "error": str(to_slide(exc, state))}
         except IdcscanError as exc:
             return {"filename": name, "error": str(exc)}
         answer["filename"] = name

@@ -27,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from idcscan import DISCLAIMER
 from idcscan.runtime.labels import CONTEXT_SIGMA
 from idcscan.images import png_data_url
-from idcscan.maps.mapper import ScaleWarning, SlideOptions, map_slide
+from idcscan.errors import IdcscanError
+from idcscan.maps.mapper import NoScale, ScaleWarning, SlideOptions, map_slide
 from idcscan.maps.outputs import geojson, heatmap_layer, idc_polygons
 from idcscan.slides.formats import open_slide_bytes
 from idcscan.server.state import MAX_MPP, MB, MIN_MPP, ServerState, get_state
@@ -43,7 +44,10 @@ class SlideResponse(BaseModel):
     width: int
     height: int
     mpp: float = Field(description="µm per pixel of the image as used.")
-    mpp_source: str = Field(description='"metadata", "option" (?mpp=) or "assumed".')
+    mpp_source: str = Field(
+        description='"metadata" (recorded in the file) or "option" (?mpp=): an image that '
+        "records no scale is refused without ?mpp=, never mapped at a guessed one."
+    )
     level: int
     tile_size: int = Field(description="Tile side in image pixels (50 px at the training scale).")
     stride: int
@@ -61,10 +65,17 @@ class SlideResponse(BaseModel):
     context: float = Field(
         description="Spatial context sigma in patches the map was made with (0: tiles alone)."
     )
-    tta: bool
+    tta: bool = Field(description="Whether each tile's answer averaged several views.")
+    tta_views: int = Field(
+        description="Views averaged per tile: the model's own in-graph views, or 8 with ?tta=true "
+        "on a model without them, else 1."
+    )
     timings: dict[str, float]
     model: dict[str, str]
-    warnings: list[str] = Field(description="Scale assumptions and other caveats.")
+    warnings: list[str] = Field(
+        description="What to know before trusting the numbers: most tissue left out by "
+        "artefact QC (and why), a scale coarser than training."
+    )
     image: str = Field(description="The image, downsized (long side <= 2048 px), PNG data URL.")
     heatmap: str = Field(
         description="P(IDC) colour layer of the same size as `image`, transparent where no "
@@ -88,15 +99,23 @@ def _analyse(
             training_mpp=state.predictor.card.mpp,
         )  # fmt: skip
         with reader:
-            slide = map_slide(state.predictor, reader, options, name=name)
+            try:
+                slide = map_slide(state.predictor, reader, options, name=name)
+            except NoScale as exc:
+                raise IdcscanError(
+                    f"{exc.name} records no scale (µm per pixel): enter the scale of its full "
+                    "resolution in the Scale field (?mpp= in the API): about 0.25 for a 40x "
+                    "scan, 0.5 for 20x, 4 for an image already at the training scale. A guessed "
+                    "scale would give a wrong map."
+                ) from None
     polygons = idc_polygons(slide)
     slide.timings["total"] = slide.timings.pop("map", 0.0)
     summary = slide.summary(n_regions=len(polygons)).to_dict()
-    summary.pop("path", None)
-    summary.pop("tissue", None)
-    summary.pop("reader", None)
+    for key in ("path", "tissue", "reader", "fingerprint"):
+        summary.pop(key, None)
     summary.update(
-        warnings=[str(w.message) for w in caught if issubclass(w.category, ScaleWarning)],
+        warnings=summary["warnings"]
+        + [str(w.message) for w in caught if issubclass(w.category, ScaleWarning)],
         image=png_data_url(Image.fromarray(slide.thumbnail, mode="RGB")),
         heatmap=png_data_url(heatmap_layer(slide)),
         regions=geojson(slide, polygons),
@@ -132,13 +151,17 @@ async def slide(
     request: Request,
     mpp: float | None = Query(
         None, ge=MIN_MPP, le=MAX_MPP, allow_inf_nan=False,
-        description=f"µm/px of an image whose file carries no scale ({MIN_MPP:g} to "
-        f"{MAX_MPP:g}; default: 4).",
+        description=f"µm/px of the full resolution, for an image whose file records no scale "
+        f"({MIN_MPP:g} to {MAX_MPP:g}; needed for those: a scale is never guessed).",
     ),
     stride: int | None = Query(
         None, ge=1, description="Tile step in training-scale pixels (default: the patch size)."
     ),
-    tta: bool = Query(False, description="Average the 8 flips/rotations of each tile."),
+    tta: bool = Query(
+        False, description="Average each tile over its 8 flips/rotations at run time (8x "
+        "slower); a model that averages views in its graph (GET /health: model.tta) always "
+        "does, and ignores it."
+    ),
     context: float = Query(
         CONTEXT_SIGMA, ge=0, le=10,
         description="Spatial context: each tile's P(IDC) is the Gaussian-weighted mean "

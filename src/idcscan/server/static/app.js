@@ -217,8 +217,14 @@
   function createCard(item) {
     const node = els.template.content.firstElementChild.cloneNode(true);
     node.dataset.id = String(item.id);
-    node.querySelector(".result__name").textContent = item.file.name || "pasted image";
-    node.querySelector(".result__name").title = item.file.name || "";
+    const name = node.querySelector(".result__name");
+    // the whole name, with line-break chances after "_" (Kaggle names end in their class)
+    const parts = (item.file.name || "pasted image").split(/(?<=_)/);
+    parts.forEach((part, i) => {
+      name.append(part);
+      if (i < parts.length - 1) name.append(document.createElement("wbr"));
+    });
+    name.title = item.file.name || "";
     const img = node.querySelector("img");
     if (item.file.type && item.file.type.startsWith("image/") && item.file.type !== "image/tiff") {
       item.objectUrl = URL.createObjectURL(item.file);
@@ -250,6 +256,8 @@
     const call = Number(r.threshold);            // 50.00: the call
     const review = Number(r.review_threshold);   // the bundle's review threshold
     const clamp = (v) => Math.max(0, Math.min(100, v));
+    // positions through the CSS object model, not style attributes (a strict CSP allows it)
+    const at = (node, side, value) => { node.style[side] = `${clamp(value)}%`; return node; };
     const meter = el("div", {
       class: `meter ${positive ? "meter--positive" : ""}`,
       role: "meter",
@@ -259,20 +267,20 @@
       "aria-valuetext": `P(IDC) ${pct(probability)}; IDC Positive from ${pct(call)}, review flag from ${pct(review)}`,
       "aria-label": "Probability of IDC",
     }, [
-      el("div", { class: "meter__fill", style: `width: ${clamp(probability)}%` }),
-      el("div", { class: "meter__threshold", style: `left: ${clamp(call)}%`,
-        title: `IDC Positive from P(IDC) ${pct(call)}` }),
+      at(el("div", { class: "meter__fill" }), "width", probability),
+      at(el("div", { class: "meter__threshold", title: `IDC Positive from P(IDC) ${pct(call)}` }),
+        "left", call),
       // A review threshold at the call itself (the default bundle) would draw a second tick on
       // top of the first and read as a second rule; it is said once instead.
-      review === call ? null : el("div", { class: "meter__threshold meter__threshold--review",
-        style: `left: ${clamp(review)}%`, title: `Review flag from P(IDC) ${pct(review)}` }),
+      review === call ? null : at(el("div", { class: "meter__threshold meter__threshold--review",
+        title: `Review flag from P(IDC) ${pct(review)}` }), "left", review),
     ]);
     const caption = el("div", { class: "meter__caption", "data-testid": "thresholds" },
-      review === call
-        ? `IDC Positive, and flagged for review, from ${pct(call)} (the tick)`
-        : `IDC Positive from ${pct(call)} (solid tick) · review from ${pct(review)} (dashed)`);
+      thresholdCaption(probability, call, review, Boolean(r.flagged)));
     const flags = [];
-    if (r.flagged) {
+    // The badge only when it adds to the call: with the review threshold at the call, every
+    // IDC Positive patch is flagged and the badge would repeat the verdict above it.
+    if (r.flagged && review !== call) {
       flags.push(el("span", { class: "badge badge--warning", "data-testid": "review-flag",
         title: `P(IDC) is at least the review threshold ${pct(review)}`, text: "Review" }));
     }
@@ -305,6 +313,20 @@
       item.toggle = toggle;
       setExplained(item, els.explainAll.checked);
     }
+  }
+
+  /** What the bar under this card says about this card: where its P(IDC) lies against the
+   *  call's tick (and the review threshold's, where it differs), and what follows from it. */
+  function thresholdCaption(probability, call, review, flagged) {
+    const side = probability >= call ? `at or above ${pct(call)}` : `below ${pct(call)}`;
+    const verdict = probability >= call ? "IDC Positive" : "IDC Negative";
+    if (review === call) {
+      return `P(IDC) ${side} (the tick): ${verdict}` +
+        (flagged ? ", and so flagged for review" : ", not flagged for review");
+    }
+    const reviewSide = flagged ? `at or above the review threshold ${pct(review)} (dashed): ` +
+      "flagged for review" : `below the review threshold ${pct(review)} (dashed): not flagged`;
+    return `P(IDC) ${side} (solid tick): ${verdict} · ${reviewSide}`;
   }
 
   function setExplained(item, on) {
@@ -483,7 +505,8 @@
     } catch (err) {
       payload = null;
     }
-    if (response.status === 422 && payload && payload.use === "/slide") {
+    // 422 (larger than a patch) or 413 (over /predict's limits, within /slide's): same way out
+    if ((response.status === 422 || response.status === 413) && payload && payload.use === "/slide") {
       item.large = true;
       releaseThumb(item);
       showLargeImage(item, payload.error);

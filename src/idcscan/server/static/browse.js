@@ -5,10 +5,11 @@ function fmtSize(w, h) {
   return w && h ? `${w.toLocaleString("en")} × ${h.toLocaleString("en")}` : "–";
 }
 
-function cell(text, cls) {
+function cell(text, cls, label) {
   const td = document.createElement("td");
   td.textContent = text;
   if (cls) td.className = cls;
+  if (label) td.dataset.label = label; // the column's name, shown beside it on a phone
   return td;
 }
 
@@ -16,6 +17,7 @@ function row(slide) {
   const tr = document.createElement("tr");
   tr.dataset.slideId = slide.id;
   const thumb = document.createElement("td");
+  thumb.className = "slide-thumb";
   if (slide.error) {
     tr.className = "slide-row slide-row--error";
     thumb.innerHTML = '<span class="thumb thumb--broken" aria-hidden="true">!</span>';
@@ -26,7 +28,9 @@ function row(slide) {
     err.setAttribute("role", "note");
     err.textContent = slide.error;
     name.append(err);
-    tr.append(name, cell("–"), cell("–"), cell(slide.format || "–"), cell("unreadable"));
+    name.className = "slide-name";
+    tr.append(name, cell("–", "", "Size"), cell("–", "", "Scale"),
+      cell(slide.format || "–", "", "Format"), cell("unreadable", "", "IDC map"));
     return tr;
   }
   tr.className = "slide-row";
@@ -40,6 +44,7 @@ function row(slide) {
   link.append(img);
   thumb.append(link);
   const name = document.createElement("td");
+  name.className = "slide-name";
   const a = document.createElement("a");
   a.href = link.href;
   a.textContent = slide.name;
@@ -52,10 +57,12 @@ function row(slide) {
   tr.append(
     thumb,
     name,
-    cell(fmtSize(slide.width, slide.height)),
-    cell(slide.mpp ? `${slide.mpp.toFixed(3)} µm/px` : "unknown (needs --mpp)"),
-    cell(slide.format || "–"),
-    cell(slide.has_map ? "✓ mapped" : "not yet", slide.has_map ? "has-map" : "muted"),
+    cell(fmtSize(slide.width, slide.height), "", "Size (px)"),
+    // a file without a scale is mapped once its scale is typed into the viewer's field
+    cell(slide.mpp ? `${slide.mpp.toFixed(3)} µm/px` : "not in the file: enter it in the viewer",
+      slide.mpp ? "" : "no-scale", "Scale"),
+    cell(slide.format || "–", "", "Format"),
+    cell(slide.has_map ? "✓ mapped" : "not yet", slide.has_map ? "has-map" : "muted", "IDC map"),
   );
   return tr;
 }

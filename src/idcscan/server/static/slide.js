@@ -5,7 +5,7 @@
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { limits: null, result: null, busy: false };
+  const state = { limits: null, result: null, busy: false, pending: null };
 
   function showError(title, text) {
     $("error-title").textContent = title;
@@ -34,6 +34,7 @@
       $("demo-banner").hidden = !h.demo;
       const m = h.model || {};
       setStatus("ok", (m.name || "model") + " " + (m.version || ""));
+      describeTta(m.tta);
       const v = h.versions || {};
       $("footer-versions").textContent = "idcscan " + (v.idcscan || "");
       if (state.limits && state.limits.max_slide_upload_mb) {
@@ -48,6 +49,45 @@
         "Check that `idcscan serve` is running, then reload this page."
       );
     }
+  }
+
+  /** The TTA switch says what this model runs (its card's `tta` entry), not a fixed text:
+   *  a model that averages views inside its graph always does, and the switch changes nothing. */
+  function describeTta(tta) {
+    if (tta && tta.in_graph) {
+      $("tta-input").checked = true;
+      $("tta-input").disabled = true;
+      $("tta-text").textContent = "Test-time augmentation: built into this model (" +
+        (tta.views || 8) + " flipped/rotated views, always on)";
+    } else {
+      $("tta-text").textContent = "Test-time augmentation (8 flips/rotations, 8x slower)";
+    }
+  }
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  /** IDC region outlines (GeoJSON in image pixels) over the downsized image: the SVG's
+   *  viewBox is the full image, so the outlines scale with the picture. */
+  function drawOutlines(result) {
+    const svg = $("outline-layer");
+    svg.replaceChildren();
+    svg.setAttribute("viewBox", "0 0 " + result.width + " " + result.height);
+    for (const feature of (result.regions && result.regions.features) || []) {
+      for (const ring of feature.geometry.coordinates) {
+        const poly = document.createElementNS(SVG, "polygon");
+        poly.setAttribute("points", ring.map((xy) => xy[0] + "," + xy[1]).join(" "));
+        poly.setAttribute("class", "idc-outline");
+        svg.append(poly);
+      }
+    }
+  }
+
+  /** Colours and outlines, outlines only, or colours only. */
+  function applyDisplay() {
+    const mode = document.querySelector("input[name=map-display]:checked").value;
+    $("heatmap-image").hidden = mode === "outlines";
+    $("outline-layer").classList.toggle("is-off", mode === "colours");
+    $("opacity").disabled = mode === "outlines" || !state.result;
   }
 
   function fmtArea(mm2) {
@@ -72,6 +112,7 @@
     if (mode !== "map") {
       $("base-image").removeAttribute("src");
       $("heatmap-image").removeAttribute("src");
+      $("outline-layer").replaceChildren();
       $("opacity").disabled = true;
     }
   }
@@ -116,8 +157,9 @@
     }
     $("base-image").src = result.image;
     $("heatmap-image").src = result.heatmap;
+    drawOutlines(result);
     viewer("map");
-    $("opacity").disabled = false;
+    applyDisplay();
     applyOpacity();
     $("result-demo").hidden = !result.demo;
 
@@ -141,6 +183,8 @@
     const warnings = result.warnings || [];
     $("warnings").hidden = warnings.length === 0;
     $("warnings").textContent = warnings.join(" ");
+    $("tta-used").textContent = result.tta_views > 1
+      ? result.tta_views + " views averaged per tile" : "off (one view per tile)";
     if (!result.n_tiles) {
       showError(
         "No tissue found",
@@ -189,6 +233,7 @@
 
   async function upload(file) {
     if (!file || state.busy) return;
+    state.pending = null;
     clearError();
     const maxMb = state.limits && state.limits.max_slide_upload_mb;
     if (maxMb && file.size > maxMb * 1024 * 1024) {
@@ -220,8 +265,15 @@
           413: "The image is too large",
           415: "This file type is not supported",
         };
+        const message = (data && data.error) || "No details were given.";
         showError(titles[r.status] || "The server answered with an error (" + r.status + ")",
-          (data && data.error) || "No details were given.");
+          message);
+        if (/records no scale/.test(message)) {
+          // kept: typing the scale (Enter, or leaving the field) maps it at once
+          state.pending = file;
+          $("mpp-input").classList.add("needs-value");
+          $("mpp-input").focus();
+        }
         viewer("none", "No map: " + file.name + " could not be mapped (see above).");
         resetSummary();
         return;
@@ -258,6 +310,13 @@
       if (files && files.length) upload(files[0]);
     });
     $("opacity").addEventListener("input", applyOpacity);
+    for (const radio of document.querySelectorAll("input[name=map-display]")) {
+      radio.addEventListener("change", applyDisplay);
+    }
+    $("mpp-input").addEventListener("input", () => $("mpp-input").classList.remove("needs-value"));
+    $("mpp-input").addEventListener("change", () => {
+      if (state.pending && Number($("mpp-input").value) > 0) upload(state.pending);
+    });
     $("download-geojson").addEventListener("click", () => {
       if (!state.result) return;
       download(state.result.slide.replace(/\.[^.]+$/, "") + "_idc.geojson",
@@ -265,7 +324,7 @@
     });
     $("download-summary").addEventListener("click", () => {
       if (!state.result) return;
-      const { image, heatmap, regions, ...summary } = state.result;
+      const { image, heatmap, regions, ...summary } = state.result; // eslint-disable-line no-unused-vars
       download(state.result.slide.replace(/\.[^.]+$/, "") + "_summary.json",
         JSON.stringify(summary, null, 2), "application/json");
     });

@@ -16,6 +16,9 @@ let qcItem = null;
 let svg = null;
 let outlines = null;
 let mapMpp = null; // the scale a map was made at, for a slide whose file records none
+// how the P(IDC) layer meets the slide (maps.colour.BLEND): multiplied in, so nuclei and
+// glands show through the colour instead of under a wash
+const MAP_BLEND = "multiply";
 
 function showError(message) {
   const banner = $("viewer-error");
@@ -65,7 +68,6 @@ function buildOutlines(collection) {
   const ns = "http://www.w3.org/2000/svg";
   svg = document.createElementNS(ns, "svg");
   svg.setAttribute("class", "idc-outlines");
-  Object.assign(svg.style, { position: "absolute", inset: "0", width: "100%", height: "100%", pointerEvents: "none" });
   outlines = document.createElementNS(ns, "g");
   svg.append(outlines);
   const w = info.width;
@@ -73,15 +75,13 @@ function buildOutlines(collection) {
     for (const ring of feature.geometry.coordinates) {
       const poly = document.createElementNS(ns, "polygon");
       poly.setAttribute("points", ring.map(([x, y]) => `${x / w},${y / w}`).join(" "));
-      poly.setAttribute("fill", "none");
-      poly.setAttribute("stroke", "#22d3ee");
-      poly.setAttribute("vector-effect", "non-scaling-stroke");
-      poly.setAttribute("stroke-width", "2");
+      poly.setAttribute("class", "idc-outline");
       outlines.append(poly);
     }
   }
   viewer.canvas.append(svg);
   placeOutlines();
+  applyDisplay();
 }
 
 function placeOutlines() {
@@ -118,11 +118,11 @@ function readout(event) {
 }
 
 // -------------------------------------------------------------------------- layers
-function addImageLayer(url, widthFraction, opacity) {
+function addImageLayer(url, widthFraction, opacity, compositeOperation) {
   return new Promise((resolve, reject) => {
     viewer.addTiledImage({
       tileSource: { type: "image", url, buildPyramid: false },
-      x: 0, y: 0, width: widthFraction, opacity,
+      x: 0, y: 0, width: widthFraction, opacity, compositeOperation,
       success: (e) => resolve(e.item),
       error: (e) => reject(new Error(e.message || `cannot load ${url}`)),
     });
@@ -139,7 +139,7 @@ async function showMap(map) {
     const overlayWidth = (grid.cols * grid.stride) / info.width;
     const opacity = Number($("map-opacity").value);
     qcItem = await addImageLayer(layerUrl("qc.png"), grid.width / info.width, 0.55);
-    mapItem = await addImageLayer(layerUrl("overlay.png"), overlayWidth, opacity);
+    mapItem = await addImageLayer(layerUrl("overlay.png"), overlayWidth, opacity, MAP_BLEND);
     const regions = await getJSON(layerUrl("regions.geojson"));
     buildOutlines(regions);
     qcItem.setOpacity($("show-qc").checked ? 0.55 : 0);
@@ -156,13 +156,14 @@ async function showMap(map) {
       ? `Mapped: IDC in ${(s.idc_fraction * 100).toFixed(1)}% of ${s.n_tiles} tissue tiles.`
       : "Mapped: no tissue left to score.";
   const source = { metadata: "from the file", option: "entered", assumed: "assumed" }[s.mpp_source];
-  const warnings = map.warnings || [];
+  const warnings = [...(s.warnings || []), ...(map.warnings || [])];
   $("map-warnings").textContent = warnings.join(" ");
   $("map-warnings").hidden = warnings.length === 0;
   facts($("map-facts"), [
     ["Scale mapped at", `${s.mpp.toFixed(3)} µm/px (${source || s.mpp_source})`],
     ["IDC area", `${s.idc_area_mm2.toFixed(2)} mm² (tiles with P(IDC) ≥ ${(s.threshold * 100).toFixed(2)}%)`],
     ["Context", s.context ? `each tile read with its neighbours (sigma ${s.context} patch)` : "each tile alone"],
+    ["TTA", s.tta_views > 1 ? `${s.tta_views} views averaged per tile` : (s.tta ? "views averaged" : "off")],
     ["Tissue scored", `${s.tissue_area_mm2.toFixed(2)} mm²`],
     ["QC left out", `${(s.qc_excluded_mm2 || 0).toFixed(2)} mm² (${kinds || "none"})`],
     ["Regions", String(s.n_regions)],
@@ -234,19 +235,24 @@ async function startMap() {
   }
 }
 
+/** Colours and outlines, outlines only (the tissue untouched, the IDC area drawn), or
+ *  colours only. */
+function applyDisplay() {
+  const mode = document.querySelector("input[name=map-display]:checked").value;
+  if (mapItem) mapItem.setOpacity(mode === "outlines" ? 0 : Number($("map-opacity").value));
+  if (svg) svg.classList.toggle("is-off", mode === "colours");
+  $("map-opacity").disabled = mode === "outlines";
+  document.body.dataset.mapDisplay = mode;
+}
+
 function wireControls() {
   $("map-button").addEventListener("click", startMap);
-  $("map-opacity").addEventListener("input", () => {
-    if (mapItem && $("show-map").checked) mapItem.setOpacity(Number($("map-opacity").value));
-  });
-  $("show-map").addEventListener("change", () => {
-    if (mapItem) mapItem.setOpacity($("show-map").checked ? Number($("map-opacity").value) : 0);
-  });
+  $("map-opacity").addEventListener("input", applyDisplay);
+  for (const radio of document.querySelectorAll("input[name=map-display]")) {
+    radio.addEventListener("change", applyDisplay);
+  }
   $("show-qc").addEventListener("change", () => {
     if (qcItem) qcItem.setOpacity($("show-qc").checked ? 0.55 : 0);
-  });
-  $("show-outlines").addEventListener("change", () => {
-    if (svg) svg.style.display = $("show-outlines").checked ? "" : "none";
   });
 }
 
@@ -263,7 +269,7 @@ async function main() {
   $("demo-banner").hidden = !info.demo;
   facts($("slide-facts"), [
     ["Size", `${info.width.toLocaleString("en")} × ${info.height.toLocaleString("en")} px`],
-    ["Scale", info.mpp ? `${info.mpp.toFixed(3)} µm/px` : "unknown"],
+    ["Scale", info.mpp ? `${info.mpp.toFixed(3)} µm/px` : "not recorded in the file: enter it below to map"],
     ["Format", info.format],
     ["Levels", String(info.levels)],
     ["File", info.path],
