@@ -141,7 +141,7 @@ def _read_regions(path: Path, inputs: list[Path], out_dir: Path):  # -> Regions
     """The regions of ``--regions``, for the one slide they were drawn on."""
     import json
 
-    from idcscan.maps.mapper import SUMMARY_JSON
+    from idcscan.maps.slide_map import SUMMARY_JSON
     from idcscan.maps.regions import read_regions
     from idcscan.maps.run import slide_name
 

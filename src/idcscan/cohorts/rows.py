@@ -15,7 +15,7 @@ from typing import Any
 from idcscan.errors import IdcscanError
 from idcscan.maps.caveats import summary_caveats
 from idcscan.maps.failures import read_failures
-from idcscan.maps.mapper import SUMMARY_JSON
+from idcscan.maps.slide_map import SUMMARY_JSON
 
 
 @dataclass

@@ -27,7 +27,8 @@ from idcscan.cohorts.report import write_model_card, write_report
 from idcscan.cohorts.worker import PROGRESS_TOPIC, map_one
 from idcscan.errors import IdcscanError
 from idcscan.maps.failures import record_failure
-from idcscan.maps.mapper import ScaleWarning, SlideOptions, SlideSummary
+from idcscan.maps.mapper import ScaleWarning, SlideOptions
+from idcscan.maps.slide_map import SlideSummary
 from idcscan.maps.identity import plan_run
 from idcscan.maps.run import (
     RunReport,

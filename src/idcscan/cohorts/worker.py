@@ -23,7 +23,8 @@ from typing import Any
 
 from idcscan.errors import IdcscanError
 from idcscan.maps.failures import record_failure
-from idcscan.maps.mapper import SUMMARY_JSON, ScaleWarning, SlideOptions
+from idcscan.maps.mapper import ScaleWarning, SlideOptions
+from idcscan.maps.slide_map import SUMMARY_JSON
 from idcscan.maps.identity import fingerprint, previous_map
 from idcscan.maps.run import analyse_slide, slide_name
 from idcscan.runtime.predictor import Predictor

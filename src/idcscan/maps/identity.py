@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from idcscan.errors import IdcscanError
-from idcscan.maps.mapper import SUMMARY_JSON
+from idcscan.maps.slide_map import SUMMARY_JSON
 
 #: bytes read at each of the three places the fingerprint samples
 SAMPLE_BYTES = 1 << 20

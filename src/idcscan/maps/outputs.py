@@ -32,7 +32,7 @@ from idcscan.maps.colour import ALPHA_FROM, OUTLINE_COLOR, blend, idc_rgba
 from idcscan.maps.polygons import GridPolygon, mask_polygons
 from idcscan.maps.qupath import IDC_COLOR, tiles_geojson
 from idcscan.slides.qc import KINDS, qc_layer
-from idcscan.maps.mapper import SUMMARY_JSON, SlideMap, SlideSummary
+from idcscan.maps.slide_map import SUMMARY_JSON, SlideMap, SlideSummary
 
 #: opacity of the P(IDC) colours over the thumbnail where P(IDC) is high (colour.opacity)
 OVERLAY_ALPHA = 0.75

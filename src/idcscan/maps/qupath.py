@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from idcscan import DISCLAIMER
-from idcscan.maps.mapper import SlideMap
+from idcscan.maps.slide_map import SlideMap
 
 IDC_COLOR = (230, 25, 75)  # also the IDC regions' colour in idc.geojson
 NON_IDC_COLOR = (96, 140, 190)

@@ -23,13 +23,8 @@ from typing import Any
 
 from idcscan.errors import IdcscanError
 from idcscan.runtime.predictor import Predictor
-from idcscan.maps.mapper import (
-    SUMMARY_JSON,
-    ProgressFn,
-    SlideOptions,
-    SlideSummary,
-    map_slide,
-)
+from idcscan.maps.mapper import ProgressFn, SlideOptions, map_slide
+from idcscan.maps.slide_map import SUMMARY_JSON, SlideSummary
 from idcscan.maps.failures import clear_failure, read_failures, record_failure
 from idcscan.maps.identity import fingerprint, plan_run
 from idcscan.maps.outputs import write_outputs

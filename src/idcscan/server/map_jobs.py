@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from idcscan.errors import IdcscanError
-from idcscan.maps.mapper import SUMMARY_JSON, ScaleWarning, SlideOptions
+from idcscan.maps.mapper import ScaleWarning, SlideOptions
+from idcscan.maps.slide_map import SUMMARY_JSON
 from idcscan.maps.run import analyse_slide
 from idcscan.runtime.predictor import Predictor
 from idcscan.server.map_queue import (
