@@ -162,8 +162,8 @@ def test_browse_fits_a_phone_and_says_how_to_give_a_scale(
     expect(snapshot).to_contain_text("enter it in the viewer")
     assert "--mpp" not in page.locator("#slide-table").inner_text()
     page.wait_for_function(
-        "[...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth)",
-        timeout=30_000)
+        "() => [...document.querySelectorAll('img.thumb')]"
+        ".every(i => i.complete && i.naturalWidth)", timeout=30_000)
     assert fits(page), page.evaluate("document.documentElement.scrollWidth")
     shoot(page, artifacts_dir, "browse", width)
 
@@ -176,7 +176,7 @@ def _map_glands(page, site) -> None:
     slides = httpx.get(site["url"] + "/api/slides").json()
     glands = next(s for s in slides if s["name"] == "glands")
     page.goto(f"{site['url']}/viewer?slide={glands['id']}")
-    page.wait_for_function("window.osdViewer && window.osdViewer.world.getItemCount() > 0",
+    page.wait_for_function("() => window.osdViewer && window.osdViewer.world.getItemCount() > 0",
                            timeout=60_000)
     if not glands["has_map"]:  # the first test to open it maps it; later ones find the map
         page.get_by_role("button", name="Map this slide").click()
@@ -185,10 +185,10 @@ def _map_glands(page, site) -> None:
 
 def _settle(page) -> None:
     page.wait_for_function(
-        "(() => { const w = window.osdViewer.world; for (let i = 0; i < w.getItemCount(); i++)"
+        "() => { const w = window.osdViewer.world; for (let i = 0; i < w.getItemCount(); i++)"
         " { if (!w.getItemAt(i).getFullyLoaded()) return false; }"
         " const v = window.osdViewer.viewport; return Math.abs(v.getZoom(true) - v.getZoom(false))"
-        " < 1e-6; })()", timeout=60_000)
+        " < 1e-6; }", timeout=60_000)
     page.wait_for_timeout(300)  # one more frame drawn after the last tile arrived
 
 
@@ -278,7 +278,7 @@ def test_model_card_and_report_are_pages_for_people(
     expect(page.locator("h1")).to_contain_text("idcscan evaluation report")
     figures = page.locator("article img")
     assert figures.count() == 4
-    page.wait_for_function("[...document.querySelectorAll('article img')]"
+    page.wait_for_function("() => [...document.querySelectorAll('article img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
     assert "![ROC curve]" not in page.content() and page.locator("article table").count() >= 3
     assert fits(page)

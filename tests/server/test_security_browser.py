@@ -90,6 +90,7 @@ def test_every_page_works_under_the_csp_through_the_token_address(
 
     # Large image: an upload, its heatmap as a data: image
     page.goto(f"{server}/static/slide.html")
+    page.locator("#mpp-input").fill("4")  # a picture that records no scale: the user gives it
     page.locator("#file-input").set_input_files(
         [{"name": "section.png", "mimeType": "image/png", "buffer": _png(400, 2)}])
     expect(page.locator("#summary")).to_be_visible(timeout=60_000)

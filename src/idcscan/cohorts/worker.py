@@ -109,7 +109,7 @@ def map_one(path: str, bundle: str, out_dir: str, options: SlideOptions,
                 return result
             predictor = worker_predictor(bundle, options.batch_size, runtime=runtime)
             summary = analyse_slide(predictor, path, out_dir, options, _progress_reporter(name),
-                                    content)
+                                    content=content)
         except Exception as exc:  # one bad slide must not stop the cohort
             error = str(exc) if isinstance(exc, IdcscanError) else f"{type(exc).__name__}: {exc}"
             record_failure(out_dir, name, path, error)

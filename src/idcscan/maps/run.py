@@ -55,6 +55,7 @@ def analyse_slide(
     out_dir: str | Path,
     options: SlideOptions = SlideOptions(),
     on_progress: ProgressFn | None = None,
+    *,
     recorded_path: str | None = None,
     content: str | None = None,
 ) -> SlideSummary:
@@ -222,7 +223,7 @@ def run_slides(
 
             try:
                 report.done.append(
-                    analyse_slide(predictor, path, out_dir, options, update, content)
+                    analyse_slide(predictor, path, out_dir, options, update, content=content)
                 )
             except IdcscanError as exc:
                 report.failed.append((path, str(exc)))
