@@ -115,7 +115,7 @@ def build_examples(src: str | Path, out: str | Path, patient: str = SLIDE_PATIEN
                   "histopathology-images), the shared subset; CC0: Public Domain as listed on "
                   "Kaggle. Cite Janowczyk & Madabhushi 2016 and Cruz-Roa et al. 2014.",
         "note": "These patients are in the shipped model's training data: their calls show "
-                "what idcscan does, not how accurate it is (docs/RESULTS.md says that).",
+                "what idcscan does, not how accurate it is.",
         "slide": {"file": f"{SLIDES_DIR}/{slide.name}", "patient": patient,
                   "mpp": TRAINING_MPP, "width": mosaic.size[0], "height": mosaic.size[1],
                   "patches": len(mosaic.patches), "idc_patches": n_idc,

@@ -266,6 +266,9 @@ def create_app(
 
     app.include_router(slide_router)
     app.include_router(card_router)
+    from idcscan.server.routes.examples import router as examples_router
+
+    app.include_router(examples_router)
     from idcscan.server.routes.viewer import router as viewer_router
 
     app.include_router(viewer_router)

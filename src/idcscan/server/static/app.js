@@ -29,6 +29,9 @@
     serverBannerText: $("server-banner-text"),
     disclaimer: $("disclaimer-text"),
     footerVersions: $("footer-versions"),
+    examples: $("examples"),
+    examplesList: $("examples-list"),
+    examplesNote: $("examples-note"),
   };
 
   /** Every analysed (or rejected) file, in upload order. */
@@ -296,6 +299,11 @@
       ]),
     );
     if (flags.length) body.append(el("div", { class: "result__flags" }, flags));
+    if (item.example) {
+      body.append(el("div", { class: "result__example", "data-testid": "example-label",
+        text: `Example: labelled ${item.example.label} in the data set (patient ` +
+              `${item.example.patient}, whom the shipped model was trained on)` }));
+    }
     for (const warning of r.warnings || []) {
       body.append(el("div", { class: "result__warning", role: "note", "data-testid": "warning", text: warning }));
     }
@@ -453,12 +461,12 @@
 
   // ---------------------------------------------------------------- upload queue
 
-  function addFiles(fileList) {
+  function addFiles(fileList, example) {
     const files = Array.from(fileList || []);
     if (!files.length) return;
     const fragment = document.createDocumentFragment();
     for (const file of files) {
-      const item = { id: nextId++, file, result: null, error: null, explained: false };
+      const item = { id: nextId++, file, result: null, error: null, explained: false, example };
       items.push(item);
       queue.push(item);
       fragment.append(createCard(item));
@@ -466,6 +474,35 @@
     els.results.append(fragment);
     updateSummary();
     pump();
+  }
+
+  /** The real example patches that ship with idcscan: a click analyses one like a drop. */
+  async function loadExamples() {
+    let data;
+    try {
+      const response = await fetch("/api/examples");
+      if (!response.ok) return;
+      data = await response.json();
+    } catch (err) {
+      return;
+    }
+    if (!data.patches || !data.patches.length) return;
+    els.examplesNote.textContent = `${data.source} ${data.note}`;
+    for (const patch of data.patches) {
+      const button = el("button", { type: "button", class: "example",
+        title: `${patch.name}: labelled ${patch.label} in the data set`,
+        "data-testid": "example" }, [
+        el("img", { src: patch.url, alt: `Example patch labelled ${patch.label}`, width: 72,
+                    height: 72 }),
+        el("span", { class: "example__label", text: `labelled ${patch.label}` }),
+      ]);
+      button.addEventListener("click", async () => {
+        const blob = await (await fetch(patch.url)).blob();
+        addFiles([new File([blob], patch.name, { type: "image/png" })], patch);
+      });
+      els.examplesList.append(el("li", {}, [button]));
+    }
+    els.examples.hidden = false;
   }
 
   function pump() {
@@ -597,4 +634,5 @@
 
   updateSummary();
   loadHealth();
+  loadExamples();
 })();
