@@ -12,6 +12,12 @@ For each CV run this writes ``DIR/<run>-<views>v/`` and for their mean P(IDC) (w
 probability) and ``cv.json`` (per-fold AUC and balanced accuracy at the 50% call, pooled
 metrics with patient-bootstrap intervals). The per-member CSVs are what
 ``idcscan build-shipped --oof`` takes.
+
+With ``--bundles`` it also writes each fold's bundles at ``--views``: every run's model
+(``DIR/<run>-<views>v/fold-N/run/bundle``) and their ensemble graph
+(``DIR/ensemble-<views>v/fold-N/run/bundle``, ``training.ensemble``), with the CV plan beside
+them, so ``benchmarks/cv_slides.py DIR/ensemble-2v DATA KAGGLE`` maps the complete patients
+with the very graphs that would ship.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ import csv
 import json
 from pathlib import Path
 
+import shutil
+import sys
+
 import numpy as np
 import torch
 
@@ -29,6 +38,9 @@ from idcscan.evaluation.metrics import binary_metrics, summarize
 from idcscan.training.config import TrainConfig
 from idcscan.training.finish import _best_state, _val_logits
 from idcscan.training.train import build_network
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reexport_tta import reexport  # noqa: E402
 
 
 def fold_dirs(cv: Path) -> list[Path]:
@@ -77,6 +89,27 @@ def write_cv_like(out: Path, scored: dict[str, np.ndarray], boot: int) -> dict:
     return summary
 
 
+def write_bundles(cvs: list[Path], views: int, out: Path) -> None:
+    """Each fold's models at ``views`` views and their ensemble, as CV folders."""
+    from idcscan.training.ensemble import build_ensemble
+
+    names = [f"{cv.name}-{views}v" for cv in cvs] + (
+        [f"ensemble-{views}v"] if len(cvs) > 1 else [])
+    for name in names:
+        (out / name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cvs[0] / "folds.json", out / name / "folds.json")
+    for fold in fold_dirs(cvs[0]):
+        members = []
+        for cv in cvs:
+            target = out / f"{cv.name}-{views}v" / fold.name / "run" / "bundle"
+            reexport(cv / fold.name / "run", views, target)
+            members.append(target)
+        if len(cvs) > 1:
+            build_ensemble(members, out / f"ensemble-{views}v" / fold.name / "run" / "bundle",
+                           threshold=0.5, threshold_rule="fixed 0.5")
+        print(f"  bundles of {fold.name} written", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data", type=Path, help="the packed dataset the CV runs used")
@@ -84,7 +117,11 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=2, choices=[1, 2, 4, 8])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--bundles", action="store_true",
+                    help="also write each fold's bundles at --views and their ensemble")
     args = ap.parse_args()
+    if args.bundles:
+        write_bundles(args.cv, args.views, args.out)
     runs = [score_run(cv, args.data, args.views) for cv in args.cv]
     order = [np.lexsort((r["row"], r["fold"])) for r in runs]
     runs = [{k: v[o] for k, v in r.items()} for r, o in zip(runs, order)]

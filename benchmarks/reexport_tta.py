@@ -28,6 +28,27 @@ OWN_FIELDS = {"format_version", "name", "version", "backbone", "input_size", "pa
               "disclaimer", "tta", "card_sha256"}
 
 
+def reexport(run: Path, views: int, out: Path) -> dict:
+    """Write ``out``: the run's exported weights with ``views`` TTA views (1: none); returns
+    the run's card."""
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"])
+    if cfg.calibration != "none" or cfg.threshold_rule == "balanced" or cfg.select != "last":
+        raise SystemExit("Only runs with --calibration none, a fixed --threshold-rule and "
+                         "--select last can be re-exported without refitting.")
+    net = build_network(cfg)
+    net.load_state_dict(_best_state(run / "checkpoints" / "last.ckpt"))
+    card = json.loads((run / "bundle" / "model.json").read_text())
+    fields = {k: v for k, v in card.items() if k not in OWN_FIELDS}
+    tta = views > 1
+    export_bundle(net.eval(), out, tta=tta, tta_views=max(views, 2), **fields)
+    import numpy as np
+    import torch
+    probe = torch.from_numpy(np.random.default_rng(0).integers(
+        0, 256, (8, net.pre.patch_size, net.pre.patch_size, 3), dtype=np.uint8))
+    check_onnx(net, out, probe, tta=tta, views=max(views, 2))
+    return card
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
@@ -35,21 +56,7 @@ def main() -> None:
                     help="1: no TTA")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    cfg = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text())["config"])
-    if cfg.calibration != "none" or cfg.threshold_rule == "balanced" or cfg.select != "last":
-        raise SystemExit("Only runs with --calibration none, a fixed --threshold-rule and "
-                         "--select last can be re-exported without refitting.")
-    net = build_network(cfg)
-    net.load_state_dict(_best_state(args.run / "checkpoints" / "last.ckpt"))
-    card = json.loads((args.run / "bundle" / "model.json").read_text())
-    fields = {k: v for k, v in card.items() if k not in OWN_FIELDS}
-    tta = args.views > 1
-    export_bundle(net.eval(), args.out, tta=tta, tta_views=max(args.views, 2), **fields)
-    import numpy as np
-    import torch
-    probe = torch.from_numpy(np.random.default_rng(0).integers(
-        0, 256, (8, net.pre.patch_size, net.pre.patch_size, 3), dtype=np.uint8))
-    check_onnx(net, args.out, probe, tta=tta, views=max(args.views, 2))
+    card = reexport(args.run, args.views, args.out)
     print(f"{args.out}: {args.views} view(s), threshold {card['threshold']}")
 
 
