@@ -226,8 +226,9 @@ class MapRequest(BaseModel):
 
 MAP_ANSWERS: dict[int | str, dict[str, Any]] = {
     400: {"description": "No scale for a slide without one, or a scale out of range."},
-    409: {"description": "A scale other than the one its finished map was made at (ask for "
-                         "a re-map), or a re-map while the slide's map is under way."},
+    409: {"description": "A scale other than the one its map was made at, or is being made "
+                         "at (ask for a re-map), or a re-map while the slide's map is under "
+                         "way."},
     422: {"description": "More tiles than one job may map."},
     429: {"description": "The client has a map under way already, or the queue is full."},
 }
