@@ -74,7 +74,7 @@ def test_the_scale_is_a_finite_number_in_the_fields_range(serve) -> None:
         url = f"/api/slides/{sid}/map"
         for body in ({"mpp": 1e6}, {"mpp": -1}, {"mpp": 0}, {"mpp": MIN_MPP / 2},
                      {"mpp": MAX_MPP * 1.01}, {"mpp": "inf"}, {"mpp": "nan"},
-                     {"mpp": 4, "stride": 1}):
+                     {"mpp": 4, "stride": 1}, {"mpp": True}, {"mpp": "4"}, {"mpp": [4]}):
             r = client.post(url, json=body)
             assert r.status_code == 400, body
             assert r.json()["error"].startswith("Invalid request (body"), body

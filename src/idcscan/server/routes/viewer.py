@@ -218,7 +218,7 @@ class MapRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     mpp: float | None = Field(
-        None, ge=MIN_MPP, le=MAX_MPP, allow_inf_nan=False,
+        None, ge=MIN_MPP, le=MAX_MPP, allow_inf_nan=False, strict=True,  # true is not 1 µm/px
         description=f"µm per pixel of the slide's full resolution, {MIN_MPP:g} to {MAX_MPP:g}; "
         "only for a slide whose file records no scale.",
     )
