@@ -197,6 +197,10 @@ def test_the_browser_trades_the_token_url_for_a_strict_cookie(make_client) -> No
         assert client.get("/api/slides").status_code == 200
         page = client.get("/browse", headers=navigate)
         assert page.status_code == 200 and "Research use only" in page.text
+        # the printed address opened again by a browser signed in already: the token still
+        # leaves the address bar (a page shown with it would put it on screen and in history)
+        again = client.get(f"/viewer?slide=x&token={token}", headers=navigate)
+        assert again.status_code == 303 and again.headers["location"] == "/viewer?slide=x"
         client.cookies.clear()
         # no token: a page that says how to get in, not a JSON blob
         page = client.get("/browse", headers=navigate)
