@@ -204,6 +204,17 @@ def test_refusals_are_one_line(trained_bundle: Path, tmp_path: Path) -> None:
                                       str(busy)])
     assert result.exit_code == 2 and "--force" in result.stderr
     assert (busy / "notes.txt").read_text() == "keep me"
+    # --force replaces an earlier export, never a folder of other things: QuPath's
+    # wsinfer/local given as --out holds every other local model
+    local = tmp_path / "wsinfer" / "local"
+    (local / "someone-elses-model").mkdir(parents=True)
+    (local / "someone-elses-model" / "config.json").write_text("{}")
+    for target in (busy, local):
+        result = CliRunner().invoke(app, ["export", "wsinfer", str(trained_bundle), "--out",
+                                          str(target), "--force"])
+        assert result.exit_code == 2 and "replaces only an earlier export" in result.stderr
+    assert (busy / "notes.txt").read_text() == "keep me"
+    assert (local / "someone-elses-model" / "config.json").is_file()
     # a bundle that normalises stain per slide cannot be run tile by tile
     macenko = tmp_path / "macenko"
     shutil.copytree(trained_bundle, macenko)

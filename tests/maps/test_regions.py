@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import shutil
 import json
 from pathlib import Path
 
@@ -99,7 +101,8 @@ def test_summary_says_the_numbers_are_over_the_regions(inside) -> None:
     assert summary["idc_area_mm2"] == pytest.approx(n_idc * (TILE * MPP) ** 2 / 1e6)
     assert summary["regions"] == {
         "file": str(regions), "count": 2, "area_mm2": pytest.approx(AREA_PX * MPP**2 / 1e6),
-        "rule": summary["regions"]["rule"]}
+        "rule": summary["regions"]["rule"],
+        "sha256": hashlib.sha256(regions.read_bytes()).hexdigest()}
     assert "centre" in summary["regions"]["rule"]
     assert "inside 2 drawn region(s)" in result.stdout
     with open(root / "maps" / "summary.csv", newline="") as fh:
@@ -185,3 +188,34 @@ def test_regions_object_refuses_nothing_on_the_slide(tmp_path: Path) -> None:
     with pytest.raises(IdcscanError, match="None of the 1 region"):
         regions.on_slide(4000, 3200, "scan")
     assert np.array_equal(regions.contains(np.array([5500.0]), np.array([5.0])), [True])
+
+
+def test_a_rerun_skips_only_a_map_of_the_same_regions(inside, trained_bundle: Path,
+                                                      tmp_path: Path) -> None:
+    """A folder holds the map over the regions it was made with: the same regions (even from a
+    moved copy of the file) skip it; no regions, or the file edited since, are refused in one
+    line, never skipped with the other map's numbers reported as this run's."""
+    root, regions, _ = inside
+    out = tmp_path / "maps"
+    shutil.copytree(root / "maps", out)
+    scan = Path(json.loads((out / "scan" / "summary.json").read_text())["path"])
+    before = (out / "scan" / "summary.json").read_text()
+
+    def run(*extra: str):
+        return CliRunner().invoke(app, ["slide", str(trained_bundle), str(scan), "--out",
+                                        str(out), *extra])
+
+    moved = shutil.copy(regions, tmp_path / "moved.geojson")
+    same = run("--regions", str(moved))
+    assert same.exit_code == 0 and "Skipped 1 slide(s)" in same.output
+    whole = run()  # the whole slide asked for, a map inside regions found
+    assert whole.exit_code == 2 and "Skipped" not in whole.output
+    (error,) = [line for line in whole.stderr.splitlines() if line.startswith("error:")]
+    assert f"inside the regions {regions}" in error and "to map the whole slide" in error
+    edited = tmp_path / "annotations.geojson"
+    data = json.loads(regions.read_text())
+    data["features"] = data["features"][:1]  # the pathologist removed region B
+    edited.write_text(json.dumps(data))
+    changed = run("--regions", str(edited))
+    assert changed.exit_code == 2 and "to map these regions" in changed.stderr
+    assert (out / "scan" / "summary.json").read_text() == before  # nothing was mapped

@@ -150,6 +150,37 @@ def test_beyond_loopback_nothing_answers_without_the_token(make_client) -> None:
         assert client.get("/static/viewer.js").status_code == 200  # assets need no token
 
 
+def test_bound_to_every_interface_the_machines_own_addresses_are_answered(make_client
+                                                                          ) -> None:
+    """A colleague who types the server's LAN address (the host name may not resolve for
+    them, and Debian maps it to 127.0.1.1) reaches it; the address is printed too."""
+    import ipaddress
+    import socket
+
+    import psutil
+
+    own = [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+           if a.family in (socket.AF_INET, socket.AF_INET6)]
+    lan = [a for a in own if not (ipaddress.ip_address(a).is_loopback
+                                  or ipaddress.ip_address(a).is_link_local)]
+    if not lan:
+        pytest.skip("this machine has no non-loopback interface address")
+    for bind, expected in (("0.0.0.0", [a for a in lan if ":" not in a]), ("::", lan)):
+        access = plan_access(bind, 5000)  # IPv4 only on 0.0.0.0; both on ::
+        token = access.policy.token
+        shown = [f"[{a}]" if ":" in a else a for a in expected]
+        assert {f"http://{s}:5000/?token={token}" for s in shown} <= set(access.urls)
+        assert all("[" not in url for url in access.urls) or bind == "::"
+    with make_client(access.policy) as client:
+        bearer = {"authorization": f"Bearer {token}"}
+        for address in lan:
+            host = f"[{address}]:5000" if ":" in address else f"{address}:5000"
+            assert client.get("/api/slides", headers={**bearer, "host": host}
+                              ).status_code == 200, host
+        assert client.get("/api/slides", headers={**bearer, "host": "evil.example"}
+                          ).status_code == 400
+
+
 def test_the_browser_trades_the_token_url_for_a_strict_cookie(make_client) -> None:
     token = "correct-horse-battery-staple-42"
     navigate = {"sec-fetch-mode": "navigate", "sec-fetch-site": "none",
@@ -166,6 +197,10 @@ def test_the_browser_trades_the_token_url_for_a_strict_cookie(make_client) -> No
         assert client.get("/api/slides").status_code == 200
         page = client.get("/browse", headers=navigate)
         assert page.status_code == 200 and "Research use only" in page.text
+        # the printed address opened again by a browser signed in already: the token still
+        # leaves the address bar (a page shown with it would put it on screen and in history)
+        again = client.get(f"/viewer?slide=x&token={token}", headers=navigate)
+        assert again.status_code == 303 and again.headers["location"] == "/viewer?slide=x"
         client.cookies.clear()
         # no token: a page that says how to get in, not a JSON blob
         page = client.get("/browse", headers=navigate)

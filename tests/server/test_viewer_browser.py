@@ -142,6 +142,8 @@ def test_browse_open_zoom_pan_map_and_read(
     expect(page.locator("body[data-progress-shown='true']")).to_have_count(1)
     expect(page.locator("#map-state")).to_contain_text("tissue tiles")
     expect(page.locator("#map-facts")).to_contain_text("QC left out")
+    # the IDC outlines, named as on the large-image page: not QuPath regions drawn by a person
+    expect(page.locator("#map-facts")).to_contain_text("IDC regions")
     # folds are the artefact QC mostly misses: the viewer says which way that errs
     expect(page.locator("#qc-fold-note")).to_be_visible()
     expect(page.locator("#qc-fold-note")).to_contain_text("lowered P(IDC) rather than raised it")

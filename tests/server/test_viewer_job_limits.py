@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -73,7 +74,7 @@ def test_the_scale_is_a_finite_number_in_the_fields_range(serve) -> None:
         url = f"/api/slides/{sid}/map"
         for body in ({"mpp": 1e6}, {"mpp": -1}, {"mpp": 0}, {"mpp": MIN_MPP / 2},
                      {"mpp": MAX_MPP * 1.01}, {"mpp": "inf"}, {"mpp": "nan"},
-                     {"mpp": 4, "stride": 1}):
+                     {"mpp": 4, "stride": 1}, {"mpp": True}, {"mpp": "4"}, {"mpp": [4]}):
             r = client.post(url, json=body)
             assert r.status_code == 400, body
             assert r.json()["error"].startswith("Invalid request (body"), body
@@ -105,6 +106,37 @@ def test_a_slide_that_records_its_scale_takes_no_other(serve) -> None:
         sid = ids(client)["scaled.tif"]
         r = client.post(f"/api/slides/{sid}/map", json={"mpp": 4})
         assert r.status_code == 400 and "records its own scale (2 µm/px)" in r.json()["error"]
+
+
+def test_a_scale_other_than_the_one_being_mapped_at_is_409(tiny_bundle: Path,
+                                                              tmp_path: Path) -> None:
+    """A map under way at one scale answers a request at another with 409, never with its own
+    202 (that request's map would come out at the other scale); the same scale joins it."""
+    from slide_helpers import texture
+
+    from idcscan.server.app import create_app
+    from idcscan.server.routes.viewer import configure_viewer
+    from idcscan.server.security import SecurityPolicy
+
+    root = tmp_path / "slides"
+    root.mkdir()
+    # no scale in the file; at 20 µm/px, 40,000 ten-pixel tiles: still running at the next call
+    tissue = texture(np.random.default_rng(0), 2000, 2000, "idc")
+    Image.fromarray(tissue).save(root / "section.png")
+    app = create_app(tiny_bundle, security=SecurityPolicy())
+    configure_viewer(app, root, tmp_path / "maps")
+    with TestClient(app, base_url=LOCAL) as client:
+        sid = ids(client)["section.png"]
+        assert client.post(f"/api/slides/{sid}/map", json={"mpp": 20}).status_code == 202
+        other = client.post(f"/api/slides/{sid}/map", json={"mpp": 10})
+        assert other.status_code == 409, other.json()
+        assert "20 µm/px" in other.json()["error"] and "re-map" in other.json()["error"]
+        same = client.post(f"/api/slides/{sid}/map", json={"mpp": 20})
+        assert same.status_code in (200, 202)
+        if same.status_code == 202:
+            assert set(same.json()) == {"state", "done", "total", "error", "warnings"}
+            client.post(f"/api/slides/{sid}/map/cancel")
+        wait(client, sid)
 
 
 def test_a_map_of_too_many_tiles_is_refused_before_it_is_queued(serve, slides: Path) -> None:

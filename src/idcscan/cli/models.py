@@ -212,7 +212,9 @@ def export_wsinfer(
     out_dir: Path = typer.Option(
         ..., "--out", "-o", help="The model folder to write; QuPath lists the model under its "
         "name."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an earlier export at --out (never a folder that holds "
+        "anything else)."),
 ) -> None:
     """Write a WSInfer / QuPath model folder: config.json, torchscript_model.pt, README.md.
 

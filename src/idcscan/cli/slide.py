@@ -66,7 +66,7 @@ def slide(
 ) -> None:
     """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.
 
-    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, tiles.geojson, summary.json} and OUT/summary.csv; tiles.geojson opens in QuPath (File > Import objects from file). Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide already mapped there from the same file, unchanged, is skipped, so re-running a command resumes it; a different file with the same name is refused (map it into another --out).
+    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, tiles.geojson, summary.json} and OUT/summary.csv; tiles.geojson opens in QuPath (File > Import objects from file). Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide already mapped there from the same file, unchanged (and over the same --regions), is skipped, so re-running a command resumes it; a different file with the same name is refused (map it into another --out).
     """  # noqa: E501  (one line per paragraph: the help wraps it)
     from idcscan.runtime.bundle import load_bundle
     from idcscan.runtime.predictor import Predictor
@@ -75,7 +75,7 @@ def slide(
     from idcscan.maps.run import run_slides
 
     check_bundle_first("slide", bundle, inputs)
-    drawn = _read_regions(regions, inputs, out_dir) if regions is not None else None
+    drawn = _read_regions(regions, inputs) if regions is not None else None
     apply_runtime(runtime)  # local Dask workers inherit it; a remote cluster's read their own
     # one load (and checksum) of the bundle here; cohort workers load their own
     predictor = Predictor(bundle, batch_size=batch_size) if cluster is None else None
@@ -137,29 +137,16 @@ def slide(
                            f"slides failed: {details}")
 
 
-def _read_regions(path: Path, inputs: list[Path], out_dir: Path):  # -> Regions
-    """The regions of ``--regions``, for the one slide they were drawn on."""
-    import json
-
-    from idcscan.maps.slide_map import SUMMARY_JSON
+def _read_regions(path: Path, inputs: list[Path]):  # -> Regions
+    """The regions of ``--regions``, for the one slide they were drawn on (an ``--out`` that
+    holds the slide's map over other regions is refused by ``maps.identity``)."""
     from idcscan.maps.regions import read_regions
-    from idcscan.maps.run import slide_name
 
     if len(inputs) != 1 or inputs[0].is_dir():
         raise IdcscanError("--regions were drawn on one slide: give that one slide file, not "
                            f"{'a folder' if inputs and inputs[0].is_dir() else len(inputs)} "
                            "(map other slides in separate commands).")
-    drawn = read_regions(path)
-    finished = out_dir / slide_name(inputs[0]) / SUMMARY_JSON
-    if finished.is_file():  # it would be skipped, and its numbers are not these regions'
-        before = json.loads(finished.read_text()).get("regions") or {}
-        if before.get("file") != drawn.file:
-            raise IdcscanError(
-                f"{finished.parent} is already mapped "
-                + (f"inside {before.get('file')}" if before else "over the whole slide")
-                + "; delete it or choose another --out to map these regions."
-            )
-    return drawn
+    return read_regions(path)
 
 
 @app.command()

@@ -212,7 +212,7 @@ def run_cohort(
     write_model_card(card.model_dump(mode="json"), out_dir)
 
     result = CohortReport(cluster=spec.describe() if client is None else str(client))
-    plan = plan_run(paths, out_dir, slide_name)  # a name clash stops here, before any work
+    plan = plan_run(paths, out_dir, slide_name, options.regions_key)  # a clash stops here
     result.skipped = plan.skipped
     todo = [path for path, _ in plan.todo]
     if todo:

@@ -102,7 +102,7 @@ def map_one(path: str, bundle: str, out_dir: str, options: SlideOptions,
         try:
             content = fingerprint(path)
             folder = Path(out_dir) / name
-            if previous_map(folder, Path(path), content).state == "same":
+            if previous_map(folder, Path(path), content, options.regions_key).state == "same":
                 # a rerun of a task whose result was lost: this very file is mapped already
                 result["status"] = "skipped"
                 result["summary"] = json.loads((folder / SUMMARY_JSON).read_text())

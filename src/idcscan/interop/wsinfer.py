@@ -38,6 +38,8 @@ from idcscan.runtime.model_card import card_markdown, readable_card
 CONFIG = "config.json"
 TORCHSCRIPT = "torchscript_model.pt"
 README = "README.md"
+#: what an export writes, and all that --force may replace
+EXPORT_FILES = frozenset({CONFIG, TORCHSCRIPT, README})
 #: in the order of the two logits; QuPath names its measurements after them
 CLASS_NAMES = ("non-IDC", "IDC")
 #: ``PIL.Image.Resampling.BOX``, as the integer torchvision's Resize accepts from JSON
@@ -167,9 +169,23 @@ invasive ductal carcinoma (IDC) or not. Exported by idcscan {__version__} from t
 
 
 def _staging(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise IdcscanError(f"{out_dir} already exists and is not empty; choose another --out "
-                           "or pass --force.")
+    """A staging folder beside ``out_dir``. ``--force`` replaces only a folder an export wrote:
+    ``--out`` given as QuPath's ``wsinfer/local`` folder itself, or any folder of the user's,
+    must not be deleted with every model and file in it."""
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir() or out_dir.is_symlink():
+            raise IdcscanError(f"{out_dir} exists and is not a folder; choose another --out.")
+        held = sorted(p.name for p in out_dir.iterdir())
+        if held and not overwrite:
+            raise IdcscanError(f"{out_dir} already exists and is not empty; choose another "
+                               "--out, or pass --force to replace an earlier export there.")
+        others = [name for name in held if name not in EXPORT_FILES]
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise IdcscanError(
+                f"{out_dir} holds files an export does not write ({shown}); --force replaces "
+                f"only an earlier export. Give the model's own folder, e.g. "
+                f"{out_dir / 'idcscan-idc'}.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
 
@@ -216,10 +232,8 @@ def export_wsinfer(bundle: Bundle | str | Path, out_dir: str | Path,
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (staging / README).write_text(readme(card, name, torch.__version__, check),
                                       encoding="utf-8")
-        if out_dir.is_dir():
+        if out_dir.is_dir():  # an earlier export (``_staging`` checked)
             shutil.rmtree(out_dir)
-        elif out_dir.exists():
-            out_dir.unlink()
         staging.chmod(0o755)  # mkdtemp made it private
         staging.replace(out_dir)
     except BaseException:

@@ -13,6 +13,10 @@ is sorted out against the folder its name leads to:
              content): map it again, replacing the folder;
 ``clash``    the folder holds the map of a different file of the same name: refuse the whole
              run in one line, before anything is mapped, naming both files.
+``regions``  the folder holds this file's map over other regions than the run asks for (the
+             whole slide where ``--regions`` asks for some, regions where none are asked for,
+             or other regions, even from an edited file of the same name): refuse in one line
+             too, since skipping it would report the other map's numbers as this run's.
 
 The fingerprint hashes the file's size with three samples of its bytes (start, middle, end,
 1 MiB each): it tells apart any two real slides or pictures and costs a few milliseconds per
@@ -57,9 +61,10 @@ def fingerprint(path: str | Path) -> str:
 class Previous:
     """What ``OUT/<name>/`` holds with respect to one input file."""
 
-    state: str  # none, same, changed or clash
+    state: str  # none, same, changed, clash or regions
     folder: Path
     recorded_path: str = ""
+    recorded_regions: str = ""  # the regions file the folder's map was restricted to
 
 
 def _same_path(recorded: str, path: Path) -> bool:
@@ -69,9 +74,15 @@ def _same_path(recorded: str, path: Path) -> bool:
         return False
 
 
-def previous_map(folder: Path, path: Path, content: str) -> Previous:
+def regions_key(regions: dict | None) -> str:
+    """What identifies a map's restriction (summary.json ``regions``): "" for the whole slide,
+    the regions file's sha256 otherwise ("?" for a folder that recorded none)."""
+    return (regions.get("sha256") or "?") if regions else ""
+
+
+def previous_map(folder: Path, path: Path, content: str, regions: str = "") -> Previous:
     """How the finished map in ``folder`` (if any) relates to ``path``, whose fingerprint is
-    ``content``."""
+    ``content``, mapped over ``regions`` (``regions_key``: "" for the whole slide)."""
     summary_path = folder / SUMMARY_JSON
     try:
         summary = json.loads(summary_path.read_text())
@@ -82,6 +93,9 @@ def previous_map(folder: Path, path: Path, content: str) -> Previous:
     recorded = str(summary.get("path", ""))
     recorded_print = summary.get("fingerprint")
     if recorded_print == content:
+        drawn = summary.get("regions") if isinstance(summary.get("regions"), dict) else {}
+        if regions_key(drawn) != regions:
+            return Previous("regions", folder, recorded, str(drawn.get("file", "")))
         return Previous("same", folder, recorded)
     if not _same_path(recorded, path):
         return Previous("clash", folder, recorded)
@@ -102,16 +116,19 @@ class Plan:
     skipped: list[Path]
 
 
-def plan_run(paths: list[Path], out_dir: Path, name_of: Callable[[Path], str]) -> Plan:
+def plan_run(paths: list[Path], out_dir: Path, name_of: Callable[[Path], str],
+             regions: str = "") -> Plan:
     """Sort ``paths`` into those to map and those already mapped (``name_of``: a path's
-    folder name); refuse any clash."""
+    folder name; ``regions``: the run's ``regions_key``); refuse any clash."""
     plan = Plan(todo=[], skipped=[])
     clashes: list[tuple[Path, Previous]] = []
     for path in paths:
         content = fingerprint(path)
-        previous = previous_map(out_dir / name_of(path), path, content)
+        previous = previous_map(out_dir / name_of(path), path, content, regions)
         if previous.state == "same":
             plan.skipped.append(path)
+        elif previous.state == "regions":
+            raise IdcscanError(regions_message(previous, bool(regions)))
         elif previous.state == "clash":
             clashes.append((path, previous))
         else:
@@ -119,6 +136,15 @@ def plan_run(paths: list[Path], out_dir: Path, name_of: Callable[[Path], str]) -
     if clashes:
         raise IdcscanError(clash_message(clashes, out_dir))
     return plan
+
+
+def regions_message(previous: Previous, restricted: bool) -> str:
+    """One line: the folder holds this file's map over other regions than the run's."""
+    held = (f"inside the regions {previous.recorded_regions} held when it was mapped"
+            if previous.recorded_regions else "over the whole slide")
+    wanted = "these regions" if restricted else "the whole slide"
+    return (f"{previous.folder} is already mapped {held}; delete it or choose another --out to "
+            f"map {wanted}. Nothing was mapped.")
 
 
 def clash_message(clashes: list[tuple[Path, Previous]], out_dir: Path) -> str:

@@ -68,6 +68,12 @@ class SlideOptions:
     #: score only the tissue inside these regions (``idcscan.maps.regions``; None: all of it)
     regions: Regions | None = None
 
+    @property
+    def regions_key(self) -> str:
+        """What a finished folder must have been restricted to for a re-run to skip it
+        (``maps.identity.regions_key``): "" for the whole slide."""
+        return (self.regions.sha256 or "?") if self.regions is not None else ""
+
 
 class NoScale(IdcscanError):
     """A file that records no scale, mapped without one being given: refused, never guessed.

@@ -20,6 +20,7 @@ of view (200 µm), up to half of which may lie outside the outline.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ class Regions:
     file: str
     polygons: tuple[BaseGeometry, ...]  # one per annotation, repaired
     geometry: BaseGeometry  # their union
+    #: sha256 of the file's (decompressed) content: a map knows which regions it holds even
+    #: when the file is edited and saved again under the same name (``maps.identity``)
+    sha256: str = ""
 
     @property
     def count(self) -> int:
@@ -61,7 +65,7 @@ class Regions:
                 f"{height} level-0 px): drawn on another slide, or exported in other "
                 "coordinates?"
             )
-        return Regions(self.file, kept, shapely.union_all(kept))
+        return Regions(self.file, kept, shapely.union_all(kept), self.sha256)
 
     def contains(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Which points (level-0 pixels) lie inside (boundary included)."""
@@ -92,7 +96,8 @@ class Regions:
     def describe(self, mpp: float) -> dict[str, Any]:
         """What summary.json says about the regions."""
         return {"file": self.file, "count": self.count,
-                "area_mm2": round(float(self.geometry.area) * mpp * mpp / 1e6, 6), "rule": RULE}
+                "area_mm2": round(float(self.geometry.area) * mpp * mpp / 1e6, 6), "rule": RULE,
+                "sha256": self.sha256}
 
 
 def _features(data: Any) -> list[dict[str, Any]]:
@@ -155,4 +160,5 @@ def read_regions(path: str | Path) -> Regions:
             f"--regions {path} holds no polygon annotations (only annotations with an area "
             "count; export them from QuPath with File > Export objects as GeoJSON)."
         )
-    return Regions(str(path), tuple(polygons), shapely.union_all(polygons))
+    return Regions(str(path), tuple(polygons), shapely.union_all(polygons),
+                   hashlib.sha256(text).hexdigest())

@@ -211,7 +211,7 @@ def run_slides(
     out_dir = Path(out_dir)
     shard_t = shard if isinstance(shard, tuple) else parse_shard(shard)
     paths = select_shard(expand_inputs(inputs), shard_t)
-    plan = plan_run(paths, out_dir, slide_name)  # a name clash stops here, before any work
+    plan = plan_run(paths, out_dir, slide_name, options.regions_key)  # a clash stops here
     report = RunReport(skipped=plan.skipped)
     with progress_bar(progress, unit="tiles", console=console) as bar:
         for path, content in plan.todo:

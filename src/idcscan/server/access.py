@@ -11,6 +11,7 @@ name and addresses for 0.0.0.0), never a 127.0.0.1 line that works only here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import ssl
@@ -47,17 +48,40 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def interface_addresses() -> list[str]:
+    """The addresses of this machine's network interfaces (psutil), loopback and link-local
+    ones left out: what a colleague types when the host name does not resolve for them.
+    Debian and Ubuntu map the host name to 127.0.1.1 in /etc/hosts, so the name alone never
+    leads to the LAN address."""
+    import psutil
+
+    found = []
+    for addresses in psutil.net_if_addrs().values():
+        for entry in addresses:
+            if entry.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            text = str(entry.address).split("%")[0]
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+                found.append(text)
+    return found
+
+
 def machine_names() -> list[str]:
-    """This machine's host name and the addresses it resolves to (without DNS: what
-    /etc/hosts and the resolver's cache say), loopback ones left out."""
+    """This machine's host name, the addresses it resolves to (without DNS: what
+    /etc/hosts and the resolver's cache say) and those of its interfaces, loopback ones left
+    out."""
     name = socket.gethostname()
     names = [name] if name and not is_loopback(name) else []
     try:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
     except OSError:
         infos = []
-    for info in infos:
-        address = str(info[4][0]).split("%")[0]
+    resolved = [str(info[4][0]).split("%")[0] for info in infos]
+    for address in [*resolved, *interface_addresses()]:
         if not is_loopback(address) and address not in names:
             names.append(address)
     return names
@@ -89,6 +113,8 @@ def plan_access(
                         "unencrypted: serve with --certfile/--keyfile, or behind a reverse "
                         "proxy with TLS.")
     names = machine_names() if wildcard else ([] if loopback else [host])
+    if host == "0.0.0.0":  # IPv4 only: an IPv6 address of this machine leads nowhere
+        names = [n for n in names if ":" not in n]
     policy = SecurityPolicy(allowed_hosts=(*allowed_hosts, *names), token=token or None)
     if running_as_root():
         warnings.append("Running as root: a flaw in any library the server uses would hold "

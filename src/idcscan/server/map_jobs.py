@@ -54,6 +54,7 @@ class MapJob:
     total: int = 0
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    mpp: float | None = None  # the scale the request gave (kept in the job file, not answered)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,7 +84,7 @@ def _write_job(path: Path, job: MapJob) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
     with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(job.as_dict()))
+        fh.write(json.dumps({**job.as_dict(), "mpp": job.mpp}))
     os.replace(tmp, path)
 
 
@@ -95,9 +96,11 @@ def _read_job(path: Path) -> MapJob | None:
     if not isinstance(raw, dict):
         return None
     try:
+        mpp = raw.get("mpp")
         return MapJob(state=str(raw.get("state", "none")), done=int(raw.get("done", 0)),
                       total=int(raw.get("total", 0)), error=raw.get("error"),
-                      warnings=tuple(str(w) for w in raw.get("warnings", ())))
+                      warnings=tuple(str(w) for w in raw.get("warnings", ())),
+                      mpp=None if mpp is None else float(mpp))
     except (TypeError, ValueError):
         return None
 
@@ -195,7 +198,7 @@ class MapStore:
         with self._lock:
             job = self._jobs.get(entry.id)
             if job is not None and job.state in ACTIVE:
-                return self._already(entry, job.as_dict(), replace)
+                return self._already(entry, job, replace, mpp)
         if not replace and self.folder(entry) is not None:
             return MapJob(state="done").as_dict()
         base = self.root / entry.id
@@ -211,31 +214,39 @@ class MapStore:
                 "Cannot write maps in the maps folder (--maps): "
                 f"{exc.strerror or exc}; the server's log says where it is."))).as_dict()
 
-    def _already(self, entry: SlideEntry, status: dict[str, Any], replace: bool
-                 ) -> dict[str, Any]:
+    def _already(self, entry: SlideEntry, job: MapJob | None, replace: bool,
+                 mpp: float | None) -> dict[str, Any]:
+        """The status of the slide's map under way, for a request that would start another:
+        MapBusy for a re-map, and for a scale other than the one it is being made at (that
+        request's map would silently be another scale's)."""
+        status = job.as_dict() if job is not None else self.status(entry)
         if replace:
             raise MapBusy(f"A map of {entry.relpath} is {status['state']} already; wait for it "
                           "or cancel it before mapping the slide again.")
+        if job is not None and mpp is not None and job.mpp is not None and job.mpp != mpp:
+            raise MapBusy(f"{entry.relpath} is being mapped at {job.mpp:g} µm/px; to map it at "
+                          f"{mpp:g}, cancel that map or wait for it, then ask for a re-map "
+                          f"(POST /api/slides/{entry.id}/map/remap).")
         return status
 
     def _enter(self, entry: SlideEntry, base: Path, mpp: float | None, client: str,
                replace: bool) -> dict[str, Any]:
         fd = take_lock(base / LOCK_FILE)
         if fd is None:  # another server process is mapping it
-            return self._already(entry, self.status(entry), replace)
+            return self._already(entry, self._current(entry), replace, mpp)
         try:
             if not replace and self.folder(entry) is not None:  # finished meanwhile
                 os.close(fd)
                 return MapJob(state="done").as_dict()
             self.queue.check(entry.id, client)
             (base / CANCEL_FILE).unlink(missing_ok=True)  # a request for an earlier job
-            job = MapJob()
+            job = MapJob(mpp=mpp)
             _write_job(base / JOB_FILE, job)
             with self._lock:
                 current = self._jobs.get(entry.id)
                 if current is not None and current.state in ACTIVE:
                     os.close(fd)  # a thread of this process got there first
-                    return self._already(entry, current.as_dict(), replace)
+                    return self._already(entry, current, replace, mpp)
                 self.queue.add(entry.id, client)
                 self._jobs[entry.id] = job
                 self._locks[entry.id] = fd

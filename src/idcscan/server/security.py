@@ -278,21 +278,22 @@ class SecurityMiddleware:
 
     async def _authorised(self, scope: Scope, headers: Headers, send: Send) -> bool:
         """True to go on; otherwise the answer (401, or the cookie swap) has been sent."""
+        navigation = _is_navigation(headers)
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                          keep_blank_values=True)
+        given = [v for k, v in query if k == "token"]
+        by_query = scope["method"] in SAFE_METHODS and given and self._token_ok(given[-1])
+        if by_query and navigation:  # swapped even when the cookie is there already: the
+            await self._swap_for_cookie(scope, headers, send, query)  # token leaves the URL
+            return False
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self._token_ok(credentials.strip()):
             return True
         cookie = cookie_parser(headers.get("cookie", "")).get(self.cookie_name(scope))
         if cookie is not None and hmac.compare_digest(cookie.encode(), self.cookie_value.encode()):
             return True
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                          keep_blank_values=True)
-        given = [v for k, v in query if k == "token"]
-        if scope["method"] in SAFE_METHODS and given and self._token_ok(given[-1]):
-            if not _is_navigation(headers):
-                return True  # a script that used ?token=: served, nothing kept
-            await self._swap_for_cookie(scope, headers, send, query)
-            return False
-        navigation = _is_navigation(headers)
+        if by_query:
+            return True  # a script that used ?token=: served, nothing kept
         message = ("This idcscan server needs its token: open the address `idcscan serve` "
                    "printed (it ends in ?token=...), or send the header "
                    "Authorization: Bearer TOKEN.")

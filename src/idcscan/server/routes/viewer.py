@@ -218,7 +218,7 @@ class MapRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     mpp: float | None = Field(
-        None, ge=MIN_MPP, le=MAX_MPP, allow_inf_nan=False,
+        None, ge=MIN_MPP, le=MAX_MPP, allow_inf_nan=False, strict=True,  # true is not 1 µm/px
         description=f"µm per pixel of the slide's full resolution, {MIN_MPP:g} to {MAX_MPP:g}; "
         "only for a slide whose file records no scale.",
     )
@@ -226,8 +226,9 @@ class MapRequest(BaseModel):
 
 MAP_ANSWERS: dict[int | str, dict[str, Any]] = {
     400: {"description": "No scale for a slide without one, or a scale out of range."},
-    409: {"description": "A scale other than the one its finished map was made at (ask for "
-                         "a re-map), or a re-map while the slide's map is under way."},
+    409: {"description": "A scale other than the one its map was made at, or is being made "
+                         "at (ask for a re-map), or a re-map while the slide's map is under "
+                         "way."},
     422: {"description": "More tiles than one job may map."},
     429: {"description": "The client has a map under way already, or the queue is full."},
 }

@@ -166,7 +166,7 @@ async function showMap(map) {
     ["TTA", s.tta_views > 1 ? `${s.tta_views} views averaged per tile` : (s.tta ? "views averaged" : "off")],
     ["Tissue scored", `${s.tissue_area_mm2.toFixed(2)} mm²`],
     ["QC left out", `${(s.qc_excluded_mm2 || 0).toFixed(2)} mm² (${kinds || "none"})`],
-    ["Regions", String(s.n_regions)],
+    ["IDC regions", String(s.n_regions)],
     ["Model", `${s.model.name} ${s.model.version}`],
   ]);
   document.body.dataset.mapShown = "true";
