@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from idcscan import DISCLAIMER
 from idcscan.runtime.bundle import load_bundle, write_card
+from idcscan.runtime.shipped import examples_dir
 
 LAUNCH = [sys.executable, "-c", "from idcscan.cli import main; main()"]
 
@@ -89,3 +91,45 @@ def test_serve_refuses_a_busy_port_and_a_missing_bundle(tiny_bundle: Path, tmp_p
         [*LAUNCH, "serve", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60
     )
     assert missing.returncode == 2 and "No model bundle" in " ".join(missing.stderr.split())
+
+
+@pytest.mark.skipif(examples_dir() is None, reason="examples not installed")
+def test_serve_examples_offers_the_example_section_and_maps_it(tiny_bundle: Path,
+                                                                tmp_path: Path) -> None:
+    """What `make demo` serves: the real section in the slide browser, its map one click away
+    (written under the user's cache, never into the installed package)."""
+    port = free_port()
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "XDG_CACHE_HOME": str(tmp_path)}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([*LAUNCH, "serve", str(tiny_bundle), "--port", str(port),
+                                 "--examples", "--workers", "1"],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300  # a hang guard, not a speed test
+        slides = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                slides = httpx.get(base + "/api/slides", timeout=5).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert slides is not None, log.read_text()
+        (section,) = slides
+        assert section["name"] == "kaggle-patient-9083" and section["mpp"] == 4.0
+        started = httpx.post(f"{base}/api/slides/{section['id']}/map", timeout=30)
+        assert started.status_code in (200, 202), started.text
+        status = started.json()
+        while time.monotonic() < deadline and status["state"] not in ("done", "failed"):
+            time.sleep(0.5)
+            status = httpx.get(f"{base}/api/slides/{section['id']}/map", timeout=30).json()
+        assert status["state"] == "done", status
+        summary = httpx.get(f"{base}/api/slides/{section['id']}", timeout=30).json()
+        assert summary["map"]["summary"]["mpp"] == 4.0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert "The example section: browse it at" in " ".join(log.read_text().split())
+    assert not any(p.name == "maps" for p in examples_dir().rglob("*"))  # the package untouched
+    assert any((tmp_path / "idcscan").rglob("summary.json"))

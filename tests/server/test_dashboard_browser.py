@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from idcscan import DISCLAIMER
+from idcscan.runtime.shipped import examples_dir
 
 pytestmark = pytest.mark.browser
 
@@ -190,4 +191,22 @@ def test_dashboard_narrow_screen_keeps_disclaimer(server: str, browser, artifact
     expect(page.get_by_test_id("disclaimer")).to_be_in_viewport()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     page.screenshot(path=str(artifacts_dir / "dashboard-narrow.png"), full_page=True)
+    page.close()
+
+
+@pytest.mark.skipif(examples_dir() is None, reason="examples not installed")
+def test_an_example_patch_is_one_click_away_and_says_what_it_is(server: str, browser) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    page.goto(server + "/")
+    examples = page.get_by_test_id("example")
+    expect(examples).to_have_count(6)
+    expect(page.locator("#examples-note")).to_contain_text("CC0")
+    expect(page.locator("#examples-note")).to_contain_text("training data")
+    examples.first.click()
+    verdict = page.get_by_test_id("verdict")
+    expect(verdict).to_have_count(1, timeout=30_000)
+    expect(verdict).to_have_text(re.compile(r"^IDC (Positive|Negative)$"))
+    expect(page.get_by_test_id("example-label")).to_contain_text("Example: labelled IDC")
     page.close()

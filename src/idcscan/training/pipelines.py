@@ -181,7 +181,8 @@ def _same_recipe(run: Path, config: Any) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     wanted = config.to_dict()
-    return all(saved.get(k) == v for k, v in wanted.items() if k not in ("data", "out"))
+    how_run = ("data", "out", "resume", "progress", "max_minutes")  # not what was trained
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in how_run)
 
 
 def build_shipped(kaggle: str | Path, out: str | Path, work: str | Path,
