@@ -148,7 +148,7 @@ def models() -> None:
     from rich.table import Table
 
     from idcscan.runtime.bundle import load_bundle
-    from idcscan.runtime.model_card import shipped_summary
+    from idcscan.runtime.shipped_card import shipped_summary
     from idcscan.runtime.shipped import DEFAULT, shipped_models
 
     found = shipped_models()
@@ -156,7 +156,7 @@ def models() -> None:
         raise IdcscanError("This install ships no model; train one with `idcscan train`.")
     table = Table(title="Shipped models (use the name wherever a BUNDLE is asked for)")
     for column in ("name", "network", "trained on", "expected on new patients"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for model in found:
         summary = shipped_summary(load_bundle(model.path).card)
         name = f"{model.name}\n({DEFAULT})" if model.is_default else model.name

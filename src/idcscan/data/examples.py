@@ -29,6 +29,8 @@ from idcscan.preprocessing import TRAINING_MPP
 SLIDE_PATIENT = "9083"
 #: Example patches per class, each from another complete patient.
 PATCHES_PER_CLASS = 3
+#: How many patch steps an example lies inside its labelled region.
+MARGIN = 2
 PATCHES_DIR = "patches"
 SLIDES_DIR = "slides"
 PROVENANCE = "examples.json"
@@ -50,9 +52,11 @@ def write_pyramid_tiff(image: np.ndarray, path: Path, mpp: float, quality: int =
         for i, level in enumerate(levels):
             per_cm = 1e4 / (mpp * 2 ** i)
             extra = {"subifds": len(levels) - 1} if i == 0 else {"subfiletype": 1}
+            # Full-resolution chroma: this image is already at the model's scale, where
+            # 4:2:0 subsampling (the JPEG default) smears the stain colours the model reads.
             tif.write(level, tile=(256, 256), photometric="rgb", compression="jpeg",
-                      compressionargs={"level": quality}, resolution=(per_cm, per_cm),
-                      resolutionunit="CENTIMETER", **extra)
+                      compressionargs={"level": quality}, subsampling=(1, 1),
+                      resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", **extra)
     tmp.replace(path)
     return path
 
@@ -68,13 +72,23 @@ COMPLETE_MIN = 200
 
 
 def choose_patches(src: Path, exclude: str, per_class: int = PATCHES_PER_CLASS,
-                   seed: int = 0, complete_min: int = COMPLETE_MIN) -> list[Any]:
+                   seed: int = 0, complete_min: int = COMPLETE_MIN,
+                   margin: int = MARGIN) -> list[Any]:
     """Per class, one full-size patch (mostly tissue) from each of ``per_class`` complete
-    patients other than ``exclude``, drawn with a fixed seed: no hand-picking."""
+    patients other than ``exclude``, drawn with a fixed seed: no hand-picking. Only patches
+    well inside a labelled region qualify (every patch within ``margin`` steps present, with
+    the same label): the labels come from coarse outlines, least trustworthy near edges."""
     files = scan(src).files
     counts: dict[str, int] = {}
     for f in files:
         counts[f.patient] = counts.get(f.patient, 0) + 1
+    grid = {(f.patient, f.x, f.y): f.label for f in files}
+    step = 50
+
+    def interior(f: Any) -> bool:
+        return all(grid.get((f.patient, f.x + dx * step, f.y + dy * step)) == f.label
+                   for dx in range(-margin, margin + 1)
+                   for dy in range(-margin, margin + 1))
     complete = sorted(p for p, n in counts.items() if n > complete_min and p != exclude)
     rng = np.random.default_rng(seed)
     chosen = []
@@ -83,7 +97,8 @@ def choose_patches(src: Path, exclude: str, per_class: int = PATCHES_PER_CLASS,
         for patient in patients:
             pool = [f for f in files if f.patient == patient and f.label == label]
             rng.shuffle(pool)
-            pick = next((f for f in pool if _tissue_share(f.path) > 0.6), None)
+            pick = next((f for f in pool if interior(f) and _tissue_share(f.path) > 0.6),
+                        None)
             if pick is not None:
                 chosen.append(pick)
             if sum(1 for c in chosen if c.label == label) == per_class:
@@ -92,7 +107,7 @@ def choose_patches(src: Path, exclude: str, per_class: int = PATCHES_PER_CLASS,
 
 
 def build_examples(src: str | Path, out: str | Path, patient: str = SLIDE_PATIENT,
-                   complete_min: int = COMPLETE_MIN) -> dict[str, Any]:
+                   complete_min: int = COMPLETE_MIN, margin: int = MARGIN) -> dict[str, Any]:
     """Write ``out/patches/*.png``, ``out/slides/kaggle-patient-<id>.tif`` and their
     provenance ``out/examples.json``."""
     src, out = Path(src), Path(out)
@@ -105,7 +120,7 @@ def build_examples(src: str | Path, out: str | Path, patient: str = SLIDE_PATIEN
     mosaic = build_mosaic(patient_dir)
     slide = write_pyramid_tiff(mosaic.image, out / SLIDES_DIR /
                                f"kaggle-patient-{patient}.tif", mosaic.mpp)
-    patches = choose_patches(src, exclude=patient, complete_min=complete_min)
+    patches = choose_patches(src, exclude=patient, complete_min=complete_min, margin=margin)
     (out / PATCHES_DIR).mkdir(parents=True)
     for patch in patches:
         shutil.copyfile(patch.path, out / PATCHES_DIR / patch.path.name)
@@ -120,7 +135,8 @@ def build_examples(src: str | Path, out: str | Path, patient: str = SLIDE_PATIEN
                   "mpp": TRAINING_MPP, "width": mosaic.size[0], "height": mosaic.size[1],
                   "patches": len(mosaic.patches), "idc_patches": n_idc,
                   "made_by": "the patient's patches placed at their coordinates "
-                             "(idcscan.data.mosaic), JPEG quality 90"},
+                             "(idcscan.data.mosaic), JPEG quality 90 without chroma "
+                             "subsampling"},
         "patches": [{"file": f"{PATCHES_DIR}/{p.path.name}", "patient": p.patient,
                      "label": "IDC" if p.label else "non-IDC"} for p in patches],
     }

@@ -22,6 +22,7 @@ from idcscan import DISCLAIMER
 from idcscan.runtime.bundle import ModelCard
 from idcscan.runtime.labels import CONTEXT_SIGMA, area_threshold
 from idcscan.runtime.labels import CLASS_NAMES, DECISION_THRESHOLD, percent
+from idcscan.runtime.shipped_card import shipped_sections
 
 #: Where ``find_report`` looks for an evaluation report, relative to the bundle folder.
 REPORT_CANDIDATES = ("report", "../report", "../../report")
@@ -124,6 +125,9 @@ def _use_of_splits(card: ModelCard) -> str | None:
     return (card.data or {}).get("trained_on")
 
 
+_DATA_LABELS = {"content_sha256": "Content sha256 (every patch's name and bytes)"}
+
+
 def _data_section(card: ModelCard) -> dict[str, Any]:
     data = card.data or {}
     rows: list[list[str]] = []
@@ -140,6 +144,8 @@ def _data_section(card: ModelCard) -> dict[str, Any]:
                 n = (counts.get(split) or {}).get("total")
                 parts.append(f"{label} {patients[split]}" + (f" ({n:,} patches)" if n else ""))
         rows.append(["Patients", " · ".join(parts)])
+    if data.get("n_patients") and isinstance(data.get("n_patches"), int):
+        rows.append(["In all", f"{data['n_patients']} patients, {data['n_patches']:,} patches"])
     if data.get("split_by"):
         seed = data.get("split_seed")
         rows.append(["Split", f"by {data['split_by']}" + (f", seed {seed}" if seed is not None
@@ -150,10 +156,11 @@ def _data_section(card: ModelCard) -> dict[str, Any]:
         rows.append(["Use of splits", str(use)])
     for key, value in data.items():
         if key in ("source", "path", "counts", "patients_per_split", "split_by", "split_seed",
-                   "trained_on", "n_patients", "val_frac", "test_frac", "prepared_by"):
+                   "trained_on", "n_patients", "n_patches", "val_frac", "test_frac",
+                   "prepared_by"):
             continue
         if isinstance(value, (str, int, float)) and not str(value).startswith("/"):
-            rows.append([key.replace("_", " ").capitalize(), str(value)])
+            rows.append([_DATA_LABELS.get(key, key.replace("_", " ").capitalize()), str(value)])
     return {"title": "Training data", "rows": rows or [["Source", "not recorded"]]}
 
 
@@ -177,19 +184,6 @@ def _validation_section(card: ModelCard) -> dict[str, Any] | None:
                                           "Validation patches at the review threshold",
                                           ("not flagged", "flagged for review"))
     return section
-
-
-def _expected_section(expected: dict[str, Any]) -> dict[str, Any]:
-    """What to expect on new patients, from cross-validation: an estimate with its interval."""
-    rows = []
-    for key, label in (("auc", "AUC"), ("balanced_accuracy", "Balanced accuracy"), ("f1", "F1")):
-        if expected.get(key) is None:
-            continue
-        low, high = (expected.get("ci95") or {}).get(key) or (None, None)
-        rows.append([label, _num(expected[key]) + (f" (95% CI {_num(low)}–{_num(high)})"
-                                                   if low is not None else "")])
-    rows.append(["How it was measured", str(expected.get("method", "not recorded"))])
-    return {"title": "Expected accuracy on new patients (an estimate)", "rows": rows}
 
 
 def _test_section(report: dict[str, Any], link: str | None) -> dict[str, Any]:
@@ -328,13 +322,8 @@ def readable_card(
         "review_threshold": card.threshold,
         "slide_area": _slide_area_text(card),
     }
-    extra = card.model_extra or {}
     sections = [{"title": "Model", "rows": model_rows}, _data_section(card)]
-    if isinstance(extra.get("expected_accuracy"), dict):
-        sections.append(_expected_section(extra["expected_accuracy"]))
-    if extra.get("limits"):
-        sections.append({"title": "Limits", "rows": [[str(i), str(text)] for i, text in
-                                                     enumerate(extra["limits"], start=1)]})
+    sections += shipped_sections(card)
     validation = _validation_section(card)
     if validation:
         sections.append(validation)
@@ -376,27 +365,3 @@ def card_markdown(readable: dict[str, Any]) -> str:
         if section.get("link"):
             lines += [f"{section['link']['text']}: {section['link']['href']}", ""]
     return "\n".join(lines)
-
-
-def shipped_summary(card: ModelCard) -> dict[str, str]:
-    """One line each on a model's network, data and expected accuracy (``idcscan models``)."""
-    extra = card.model_extra or {}
-    tta = extra.get("tta") or {}
-    members = len(extra.get("members") or []) or 1
-    network = (f"{card.backbone} at {card.input_size} px"
-               + (f", {members} models averaged" if members > 1 else "")
-               + (f", {tta.get('views')} TTA views" if tta.get("in_graph") else ""))
-    data = card.data or {}
-    patients, patches = data.get("n_patients"), data.get("n_patches")
-    trained = ", ".join(x for x in (
-        data.get("dataset") or _name(data.get("source") or "not recorded"),
-        f"{patients} patients" if patients else "",
-        f"{patches:,} patches" if isinstance(patches, int) else "") if x)
-    expected = extra.get("expected_accuracy") or {}
-    if expected.get("auc") is not None:
-        estimate = (f"AUC {expected['auc']:.3f}, balanced accuracy "
-                    f"{expected.get('balanced_accuracy', float('nan')):.3f} "
-                    f"({expected.get('method', 'cross-validation')})")
-    else:
-        estimate = "not measured"
-    return {"network": network, "data": trained, "expected": estimate}
