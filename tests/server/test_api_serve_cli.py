@@ -117,6 +117,8 @@ def test_serve_examples_offers_the_example_section_and_maps_it(tiny_bundle: Path
                 time.sleep(0.2)
         assert slides is not None, log.read_text()
         (section,) = slides
+        browse = " ".join(httpx.get(base + "/browse", timeout=30).text.split())
+        assert "Kaggle patient 9083" in browse and "training data" in browse and "CC0" in browse
         assert section["name"] == "kaggle-patient-9083" and section["mpp"] == 4.0
         started = httpx.post(f"{base}/api/slides/{section['id']}/map", timeout=30)
         assert started.status_code in (200, 202), started.text

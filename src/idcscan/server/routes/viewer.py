@@ -160,9 +160,28 @@ def _map_folder(viewer: Viewer, slide_id: str) -> Path:
 # ------------------------------------------------------------------------------- pages
 
 
+def examples_note(viewer: Viewer | None) -> str | None:
+    """What the example section is, when the slide folder is the one that ships with idcscan
+    (``serve --examples``): a first-time user should know whose tissue it is and that the
+    shipped model has seen it."""
+    from idcscan.runtime.shipped import examples_dir
+
+    folder = examples_dir()
+    if viewer is None or folder is None or viewer.library.root != (folder / "slides").resolve():
+        return None
+    info = json.loads((folder / "examples.json").read_text(encoding="utf-8"))
+    slide = info.get("slide") or {}
+    share = slide.get("idc_patches", 0) / max(1, slide.get("patches", 1))
+    return (f"The example section that ships with idcscan: the {slide.get('patches', '?')} "
+            f"patches of Kaggle patient {slide.get('patient', '?')} put back together at "
+            f"{slide.get('mpp', 4):g} µm/px; {slide.get('idc_patches', '?')} of them "
+            f"({share:.1%}) are labelled IDC. {info.get('note', '')} {info.get('source', '')}")
+
+
 @router.get("/browse", include_in_schema=False)
 async def browse_page(request: Request) -> HTMLResponse:
-    return page_response("browse", request.app)
+    note = examples_note(getattr(request.app.state, "idcscan_viewer", None))
+    return page_response("browse", request.app, **({"examples_note": note} if note else {}))
 
 
 @router.get("/viewer", include_in_schema=False)
