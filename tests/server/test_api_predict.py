@@ -272,3 +272,21 @@ def test_batch_file_count_is_limited(tiny_bundle: Path, images) -> None:
         response = c.post("/predict/batch", files=files)
         assert response.status_code == 400 and "at most 2 files" in response.json()["error"]
         assert len(c.post("/predict/batch", files=files[:2]).json()["results"]) == 2
+
+
+def test_health_names_data_and_runs_without_the_servers_paths(tiny_bundle: Path,
+                                                              tmp_path: Path) -> None:
+    """A card records where its data and run lay; /health, which anyone with access reads,
+    gives only the last part (who trained it and how the disks are laid out stay home)."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    card = load_bundle(bundle).card
+    data = {**(card.data or {}), "source": "/home/alice/private/kaggle", "path": "/srv/idc/data"}
+    training = {**(card.training or {}), "config": {"out": "/home/alice/runs/r1", "seed": 0}}
+    write_card(card.model_copy(update={"data": data, "training": training}), bundle)
+    with TestClient(create_app(bundle)) as c:
+        health = c.get("/health").json()
+    assert health["model"]["data"]["source"] == "kaggle"
+    assert health["model"]["data"]["path"] == "data"
+    assert health["model"]["training"]["config"] == {"out": "r1", "seed": 0}
+    assert "/home/alice" not in json.dumps(health) and "/srv/idc" not in json.dumps(health)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 from idcscan import DISCLAIMER
@@ -65,6 +65,22 @@ def load_report(folder: Path | None) -> dict[str, Any] | None:
 def _name(path: Any) -> str:
     """A folder named by its last part: cards travel, absolute paths mean nothing elsewhere."""
     return PurePath(str(path)).name if path else "unknown"
+
+
+def without_paths(value: Any) -> Any:
+    """A card's data with every absolute path cut to its last part, for answers that leave
+    the machine (``/health``): where the data and runs lay says who trained it and how the
+    server's disks are laid out, and means nothing to a reader elsewhere."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str):
+        if value.startswith("\\") or (len(value) > 2 and value[1:3] in (":\\", ":/")):
+            return PureWindowsPath(value).name or value
+        if value.startswith(("/", "~")):
+            return PurePath(value).name or value
+    return value
 
 
 def _num(value: Any, digits: int = 3) -> str:
