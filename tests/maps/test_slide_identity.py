@@ -97,6 +97,28 @@ def test_a_rerun_skips_only_the_same_file_unchanged(trained_bundle: Path, tmp_pa
     assert json.loads(summary.read_text())["fingerprint"] != old
 
 
+def test_a_rerun_with_another_model_context_or_threshold_is_refused_not_skipped(
+        trained_bundle: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    """Skipping would report the earlier map's numbers as this run's."""
+    path = tissue_png(tmp_path / "in" / "s.png", seed=6, idc=True)
+    out = tmp_path / "maps"
+    assert slide(trained_bundle, path, "--out", out).exit_code == 0
+    summary = out / "s" / "summary.json"
+    mapped_at = summary.stat().st_mtime_ns
+    for args, words in (((trained_bundle, "--context", 0), "--context 1, not --context 0"),
+                        ((trained_bundle, "--threshold", 0.9), "not --threshold 0.9"),
+                        ((tiny_bundle,), "model ")):
+        bundle, *rest = args
+        refused = slide(bundle, path, "--out", out, *rest)
+        text = " ".join(refused.output.split())
+        assert refused.exit_code == 2, refused.output
+        assert "other settings" in text and words in text and "another --out" in text
+    assert summary.stat().st_mtime_ns == mapped_at  # the earlier map untouched
+    recorded = json.loads(summary.read_text())["threshold"]
+    same = slide(trained_bundle, path, "--out", out, "--threshold", recorded, "--context", 1)
+    assert same.exit_code == 0 and "Skipped 1" in same.output
+
+
 def test_folders_from_before_fingerprints(tmp_path: Path) -> None:
     """A folder without a fingerprint is this file's when it names its path and is newer than
     it; older than the file, it is an earlier version; naming another path, a clash."""

@@ -66,7 +66,7 @@ def slide(
 ) -> None:
     """Map IDC over whole slides / large images: heatmap, tiles.csv, GeoJSON, summary.
 
-    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, tiles.geojson, summary.json} and OUT/summary.csv; tiles.geojson opens in QuPath (File > Import objects from file). Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide already mapped there from the same file, unchanged (and over the same --regions), is skipped, so re-running a command resumes it; a different file with the same name is refused (map it into another --out).
+    Writes OUT/<slide>/{heatmap.png, tissue.png, tiles.csv, idc.geojson, tiles.geojson, summary.json} and OUT/summary.csv; tiles.geojson opens in QuPath (File > Import objects from file). Tiles are 50 px at the training scale (4 µm/px); background is never scored. A slide already mapped there from the same file, unchanged, by the same model with the same --context, --threshold and --regions, is skipped, so re-running a command resumes it; mapped otherwise, or a different file with the same name, it is refused (map it into another --out).
     """  # noqa: E501  (one line per paragraph: the help wraps it)
     from idcscan.runtime.bundle import load_bundle
     from idcscan.runtime.predictor import Predictor

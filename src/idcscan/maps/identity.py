@@ -17,6 +17,9 @@ is sorted out against the folder its name leads to:
              whole slide where ``--regions`` asks for some, regions where none are asked for,
              or other regions, even from an edited file of the same name): refuse in one line
              too, since skipping it would report the other map's numbers as this run's.
+``settings`` the folder holds this file's map made by another model, or with another
+             ``--context`` or ``--threshold`` than the run asks for: refused for the same
+             reason.
 
 The fingerprint hashes the file's size with three samples of its bytes (start, middle, end,
 1 MiB each): it tells apart any two real slides or pictures and costs a few milliseconds per
@@ -33,6 +36,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from idcscan.errors import IdcscanError
 from idcscan.maps.slide_map import SUMMARY_JSON
@@ -61,10 +65,11 @@ def fingerprint(path: str | Path) -> str:
 class Previous:
     """What ``OUT/<name>/`` holds with respect to one input file."""
 
-    state: str  # none, same, changed, clash or regions
+    state: str  # none, same, changed, clash, regions or settings
     folder: Path
     recorded_path: str = ""
     recorded_regions: str = ""  # the regions file the folder's map was restricted to
+    differs: str = ""  # for ``settings``: what the folder's map was made with, in words
 
 
 def _same_path(recorded: str, path: Path) -> bool:
@@ -80,9 +85,36 @@ def regions_key(regions: dict | None) -> str:
     return (regions.get("sha256") or "?") if regions else ""
 
 
-def previous_map(folder: Path, path: Path, content: str, regions: str = "") -> Previous:
+def map_settings(model_sha256: str, context: float, threshold: float | None) -> dict[str, Any]:
+    """What a finished map must have been made with for a re-run to skip it: the model (its
+    graph's sha256), the spatial context and, when the run gives one, the area threshold."""
+    return {"model": model_sha256, "context": float(context), "threshold": threshold}
+
+
+def _settings_differ(summary: dict, wanted: dict[str, Any] | None) -> str:
+    if not wanted:
+        return ""
+    model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
+    recorded = {"model": model.get("sha256"), "context": summary.get("context"),
+                "threshold": summary.get("threshold")}
+    words = {"model": lambda v: f"model {str(v)[:12]}", "context": lambda v: f"--context {v:g}",
+             "threshold": lambda v: f"--threshold {v:g}"}
+    differs = []
+    for key, want in wanted.items():
+        have = recorded.get(key)
+        if want is None or have is None:
+            continue
+        same = (abs(float(have) - float(want)) < 5e-6 if key != "model" else have == want)
+        if not same:
+            differs.append(f"{words[key](have)}, not {words[key](want)}")
+    return "; ".join(differs)
+
+
+def previous_map(folder: Path, path: Path, content: str, regions: str = "",
+                 wanted: dict[str, Any] | None = None) -> Previous:
     """How the finished map in ``folder`` (if any) relates to ``path``, whose fingerprint is
-    ``content``, mapped over ``regions`` (``regions_key``: "" for the whole slide)."""
+    ``content``, mapped over ``regions`` (``regions_key``: "" for the whole slide) with the
+    settings ``wanted`` (``map_settings``; None: any)."""
     summary_path = folder / SUMMARY_JSON
     try:
         summary = json.loads(summary_path.read_text())
@@ -96,6 +128,9 @@ def previous_map(folder: Path, path: Path, content: str, regions: str = "") -> P
         drawn = summary.get("regions") if isinstance(summary.get("regions"), dict) else {}
         if regions_key(drawn) != regions:
             return Previous("regions", folder, recorded, str(drawn.get("file", "")))
+        differs = _settings_differ(summary, wanted)
+        if differs:
+            return Previous("settings", folder, recorded, differs=differs)
         return Previous("same", folder, recorded)
     if not _same_path(recorded, path):
         return Previous("clash", folder, recorded)
@@ -117,18 +152,24 @@ class Plan:
 
 
 def plan_run(paths: list[Path], out_dir: Path, name_of: Callable[[Path], str],
-             regions: str = "") -> Plan:
+             regions: str = "", wanted: dict[str, Any] | None = None) -> Plan:
     """Sort ``paths`` into those to map and those already mapped (``name_of``: a path's
-    folder name; ``regions``: the run's ``regions_key``); refuse any clash."""
+    folder name; ``regions``: the run's ``regions_key``; ``wanted``: its ``map_settings``);
+    refuse any clash."""
     plan = Plan(todo=[], skipped=[])
     clashes: list[tuple[Path, Previous]] = []
     for path in paths:
         content = fingerprint(path)
-        previous = previous_map(out_dir / name_of(path), path, content, regions)
+        previous = previous_map(out_dir / name_of(path), path, content, regions, wanted)
         if previous.state == "same":
             plan.skipped.append(path)
         elif previous.state == "regions":
             raise IdcscanError(regions_message(previous, bool(regions)))
+        elif previous.state == "settings":
+            raise IdcscanError(
+                f"{previous.folder} already holds this slide's map, made with other settings "
+                f"({previous.differs}); delete it or choose another --out to map it with "
+                "these.")
         elif previous.state == "clash":
             clashes.append((path, previous))
         else:
