@@ -113,13 +113,21 @@ def grid_shape(
     return tile, stride, cols, rows
 
 
+#: Tiles are read from a pyramid level at least this many times finer than the training
+#: scale, then shrunk. A scanner's level at about 4 µm/px is JPEG, mostly with 4:2:0 chroma,
+#: which at the model's own scale smears the stain colours it reads: a section stored so
+#: mapped at 0-17% IDC instead of 34%, and read from a level twice as fine at 30-34%
+#: (docs/RESULTS.md section 0).
+READ_FINER = 2
+
+
 def plan_grid(
     reader: SlideReader, mpp: float, target_mpp: float, patch_size: int, stride_px: int | None
 ) -> TileGrid:
     """Lay tiles at the training scale over a slide whose level 0 is ``mpp`` µm/px."""
     width, height = reader.dimensions
     tile, stride, cols, rows = grid_shape(width, height, mpp, target_mpp, patch_size, stride_px)
-    level = reader.best_level(target_mpp / mpp)
+    level = reader.best_level(target_mpp / mpp / READ_FINER)
     ds = reader.level_downsamples[level]
     return TileGrid(
         width=width,
