@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from idcscan.errors import IdcscanError
@@ -88,3 +89,13 @@ def examples_dir() -> Path | None:
     """The shipped examples (``patches/``, ``slides/``, ``examples.json``), if installed."""
     folder = SHIPPED_DIR / EXAMPLES
     return folder if (folder / "examples.json").is_file() else None
+
+
+@lru_cache(maxsize=1)
+def examples_info() -> dict:
+    """``examples.json``: where the example tissue comes from and what it is labelled (read
+    once; the installed files do not change under a running process). Empty if none."""
+    folder = examples_dir()
+    if folder is None:
+        return {}
+    return json.loads((folder / "examples.json").read_text(encoding="utf-8"))

@@ -8,7 +8,6 @@ so no other file is reachable through this route.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 
-from idcscan.runtime.shipped import examples_dir
+from idcscan.runtime.shipped import examples_dir, examples_info
 
 router = APIRouter()
 
@@ -26,7 +25,7 @@ def _examples() -> dict[str, Any]:
     folder = examples_dir()
     if folder is None:
         return {"patches": [], "source": "", "note": ""}
-    info = json.loads((folder / "examples.json").read_text(encoding="utf-8"))
+    info = examples_info()
     patches = [{"name": Path(p["file"]).name, "label": p["label"], "patient": p["patient"],
                 "url": f"/examples/patches/{Path(p['file']).name}",
                 "path": str(folder / p["file"])} for p in info.get("patches", [])]

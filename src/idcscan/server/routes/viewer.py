@@ -164,12 +164,12 @@ def examples_note(viewer: Viewer | None) -> str | None:
     """What the example section is, when the slide folder is the one that ships with idcscan
     (``serve --examples``): a first-time user should know whose tissue it is and that the
     shipped model has seen it."""
-    from idcscan.runtime.shipped import examples_dir
+    from idcscan.runtime.shipped import examples_dir, examples_info
 
     folder = examples_dir()
     if viewer is None or folder is None or viewer.library.root != (folder / "slides").resolve():
         return None
-    info = json.loads((folder / "examples.json").read_text(encoding="utf-8"))
+    info = examples_info()
     slide = info.get("slide") or {}
     share = slide.get("idc_patches", 0) / max(1, slide.get("patches", 1))
     return (f"The example section that ships with idcscan: the {slide.get('patches', '?')} "
