@@ -30,7 +30,7 @@ from scipy import ndimage
 from idcscan import DISCLAIMER
 from idcscan.maps.colour import ALPHA_FROM, OUTLINE_COLOR, blend, idc_rgba
 from idcscan.maps.polygons import GridPolygon, mask_polygons
-from idcscan.maps.qupath import IDC_COLOR, tiles_geojson
+from idcscan.maps.qupath import IDC_COLOR, feature_collection, tiles_geojson
 from idcscan.slides.qc import KINDS, qc_layer
 from idcscan.maps.slide_map import SUMMARY_JSON, SlideMap, SlideSummary
 
@@ -128,17 +128,7 @@ def geojson(slide: SlideMap, polygons: list[GridPolygon] | None = None) -> dict[
                 },
             }
         )
-    return {
-        "type": "FeatureCollection",
-        "features": features,
-        "properties": {
-            "slide": slide.name,
-            "coordinates": "level-0 pixels, origin top-left, y down",
-            "mpp": slide.mpp,
-            "threshold": slide.threshold,
-            "disclaimer": DISCLAIMER,
-        },
-    }
+    return feature_collection(slide, features, {"threshold": slide.threshold})
 
 
 def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: float) -> bytes:

@@ -60,6 +60,23 @@ def tiles_geojson(slide: SlideMap) -> dict[str, Any]:
                 "measurements": {MAPPED: round(p, 6), ALONE: round(q, 6)},
             },
         })
+    return feature_collection(slide, features, {
+        "tile_size": t,
+        "threshold": slide.threshold,
+        "classification": f"{IDC_CLASS} when '{MAPPED}' >= threshold ({rule}), else "
+                          f"{NON_IDC_CLASS}",
+        "measurements": {
+            MAPPED: "P(IDC) as mapped: read with the neighbouring tiles (spatial context, "
+                    f"sigma {slide.context:g} patch); tiles.csv 'probability'",
+            ALONE: "P(IDC) of the tile's own pixels; tiles.csv 'patch_probability'",
+        },
+    })
+
+
+def feature_collection(slide: SlideMap, features: list[dict[str, Any]],
+                       about: dict[str, Any]) -> dict[str, Any]:
+    """A slide's GeoJSON: its features, and properties saying whose slide, in which
+    coordinates and scale (then ``about``), with the disclaimer."""
     return {
         "type": "FeatureCollection",
         "features": features,
@@ -67,15 +84,7 @@ def tiles_geojson(slide: SlideMap) -> dict[str, Any]:
             "slide": slide.name,
             "coordinates": "level-0 pixels, origin top-left, y down",
             "mpp": slide.mpp,
-            "tile_size": t,
-            "threshold": slide.threshold,
-            "classification": f"{IDC_CLASS} when '{MAPPED}' >= threshold ({rule}), else "
-                              f"{NON_IDC_CLASS}",
-            "measurements": {
-                MAPPED: "P(IDC) as mapped: read with the neighbouring tiles (spatial context, "
-                        f"sigma {slide.context:g} patch); tiles.csv 'probability'",
-                ALONE: "P(IDC) of the tile's own pixels; tiles.csv 'patch_probability'",
-            },
+            **about,
             "disclaimer": DISCLAIMER,
         },
     }
