@@ -79,8 +79,7 @@ def shipped_summary(card: ModelCard) -> dict[str, str]:
         f"{patches:,} patches" if isinstance(patches, int) else "") if x)
     expected = extra.get("expected_accuracy") or {}
     if expected.get("auc") is not None:
-        folds = "".join(c for c in str(expected.get("method", "")).split("-fold")[0][-2:]
-                        if c.isdigit())
+        folds = expected.get("folds")
         estimate = (f"AUC {expected['auc']:.3f}{_interval(expected, 'auc')}, balanced accuracy "
                     f"{_num(expected.get('balanced_accuracy'))}"
                     f"{_interval(expected, 'balanced_accuracy')}; "

@@ -249,7 +249,7 @@ def build_shipped(kaggle: str | Path, out: str | Path, work: str | Path,
                       "out-of-fold predictions at the 50% call; 95% patient-bootstrap "
                       "intervals); an estimate: new patients from other labs may land lower",
             **{k: estimate[k] for k in ("auc", "balanced_accuracy", "f1", "sensitivity",
-                                        "specificity", "n_patients", "n_patches")},
+                                        "specificity", "n_patients", "n_patches", "folds")},
             "ci95": {k: estimate["ci95"][k] for k in ("auc", "balanced_accuracy", "f1")},
         }
     write_card(ModelCard.model_validate({**card.model_dump(), **update}), staging)
