@@ -80,6 +80,11 @@ def flagged(probability_positive: float, review_threshold: float) -> bool:
     return bool(probability_positive >= review_threshold)
 
 
+def number(value: object, digits: int = 3) -> str:
+    """A metric as the cards print it (``0.940``); ``n/a`` when it was not measured."""
+    return "n/a" if value is None else f"{float(value):.{digits}f}"
+
+
 def percent(fraction: float) -> str:
     """A fraction as people read it on every page and in the CLI: ``29.25%``."""
     return f"{100.0 * float(fraction):.2f}%"

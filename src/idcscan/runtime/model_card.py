@@ -21,7 +21,7 @@ from typing import Any
 from idcscan import DISCLAIMER
 from idcscan.runtime.bundle import ModelCard
 from idcscan.runtime.labels import CONTEXT_SIGMA, area_threshold
-from idcscan.runtime.labels import CLASS_NAMES, DECISION_THRESHOLD, percent
+from idcscan.runtime.labels import CLASS_NAMES, DECISION_THRESHOLD, number, percent
 from idcscan.runtime.shipped_card import shipped_sections
 
 #: Where ``find_report`` looks for an evaluation report, relative to the bundle folder.
@@ -81,10 +81,6 @@ def without_paths(value: Any) -> Any:
         if value.startswith(("/", "~")):
             return PurePath(value).name or value
     return value
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{float(value):.{digits}f}"
 
 
 def _when(created: str) -> str:
@@ -184,7 +180,7 @@ def _validation_section(card: ModelCard) -> dict[str, Any] | None:
     val = (card.metrics or {}).get("validation")
     if not isinstance(val, dict):
         return None
-    rows = [[label, _num(val.get(key))] for key, label in _METRICS if key in val]
+    rows = [[label, number(val.get(key))] for key, label in _METRICS if key in val]
     in_sample = bool(((card.training or {}).get("config") or {}).get("train_on_val"))
     section: dict[str, Any] = {
         "title": "Validation (in-sample: these patients were trained on too)" if in_sample
@@ -210,7 +206,7 @@ def _test_section(report: dict[str, Any], link: str | None) -> dict[str, Any]:
             continue
         low, high = (ci.get(key) or [None, None])[:2]
         interval = "" if low is None else f" ({low:.3f}–{high:.3f})"
-        rows.append([label, _num(report.get(key)) + interval])
+        rows.append([label, number(report.get(key)) + interval])
     data = report.get("data") or {}
     section: dict[str, Any] = {
         "title": f"Test set ({report.get('split', 'test')} split), with 95% CIs",

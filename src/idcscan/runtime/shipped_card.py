@@ -8,20 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from idcscan.runtime.bundle import ModelCard
-
-
-def _num(value: Any) -> str:
-    return "n/a" if value is None else f"{float(value):.3f}"
+from idcscan.runtime.labels import number
 
 
 def _interval(expected: dict[str, Any], key: str) -> str:
     low, high = (expected.get("ci95") or {}).get(key) or (None, None)
-    return "" if low is None else f" (95% CI {_num(low)}–{_num(high)})"
+    return "" if low is None else f" (95% CI {number(low)}–{number(high)})"
 
 
 def expected_section(expected: dict[str, Any]) -> dict[str, Any]:
     """What to expect on new patients, from cross-validation: an estimate with its interval."""
-    rows = [[label, _num(expected[key]) + _interval(expected, key)]
+    rows = [[label, number(expected[key]) + _interval(expected, key)]
             for key, label in (("auc", "AUC"), ("balanced_accuracy", "Balanced accuracy"),
                                ("f1", "F1")) if expected.get(key) is not None]
     rows.append(["How it was measured", str(expected.get("method", "not recorded"))])
@@ -81,7 +78,7 @@ def shipped_summary(card: ModelCard) -> dict[str, str]:
     if expected.get("auc") is not None:
         folds = expected.get("folds")
         estimate = (f"AUC {expected['auc']:.3f}{_interval(expected, 'auc')}, balanced accuracy "
-                    f"{_num(expected.get('balanced_accuracy'))}"
+                    f"{number(expected.get('balanced_accuracy'))}"
                     f"{_interval(expected, 'balanced_accuracy')}; "
                     + (f"{folds}-fold " if folds else "") + "patient-grouped CV, an estimate")
     else:
