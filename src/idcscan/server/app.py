@@ -36,7 +36,7 @@ from idcscan.runtime.batching import MicroBatcher
 from idcscan.runtime.bundle import Bundle
 from idcscan.images import ImageTooLarge, UnsupportedImage
 from idcscan.runtime.labels import CALL_RULE, CONFIDENCE_RULE, FLAG_RULE
-from idcscan.runtime.model_card import find_report, without_paths
+from idcscan.runtime.model_card import find_report
 from idcscan.runtime.predictor import Predictor
 from idcscan.runtime.patch_size import MAX_PATCH_SIDE, NotAPatch
 from idcscan.maps.mapper import TooManyTiles
@@ -103,7 +103,7 @@ async def health(state: ServerState = Depends(get_state)) -> dict[str, Any]:
     return {
         "status": "ok",
         "model_loaded": state.predictor is not None,
-        "model": without_paths(state.predictor.card.model_dump(mode="json")),
+        "model": state.public_card,
         "runtime": state.predictor.engine.info.as_dict(),
         "versions": _versions(),
         "disclaimer": DISCLAIMER,

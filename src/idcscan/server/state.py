@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
+from idcscan.runtime.model_card import without_paths
 from idcscan.runtime.predictor import Predictor
 from idcscan.runtime.patch_size import MAX_PATCH_SIDE, PREVIEW_SIDE
 
@@ -71,9 +72,12 @@ class ServerState:
     batcher: Any = None  # the micro-batcher (idcscan.runtime.batching), set by the app factory
     demo: bool = False
     decode_gate: threading.BoundedSemaphore = field(init=False)
+    #: model.json as /health gives it out (no server paths), made once: the card never changes
+    public_card: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         self.decode_gate = threading.BoundedSemaphore(max(1, self.settings.decode_slots))
+        self.public_card = without_paths(self.predictor.card.model_dump(mode="json"))
 
 
 async def get_state(request: Request) -> ServerState:
