@@ -16,7 +16,7 @@ DEMO_MINUTES ?= 3
 # The shared Kaggle subset the shipped model is built from (`make shipped-model`).
 KAGGLE ?= ../shared/data/idc-kaggle-subset
 
-.PHONY: install install-dev test demo demo-train shipped-model clean
+.PHONY: install install-dev browser test demo demo-train shipped-model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,19 @@ $(DEV_STAMP): pyproject.toml | $(PY)
 install: $(BASE_STAMP)
 install-dev: $(DEV_STAMP)
 
-test: $(DEV_STAMP)
+# Debian's Chromium drives the browser tests (Playwright cannot download browsers offline).
+# As root with apt-get it is installed here; otherwise the browser tests say how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's chromium for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: chromium is missing; the browser tests need it (Debian: sudo apt-get install chromium)"; \
+	  fi; }
+
+test: $(DEV_STAMP) browser
 	$(PY) -m pytest -q
 
 # The shipped model and the real example section, served at once: nothing to train.
