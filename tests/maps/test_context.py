@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from idcscan.errors import IdcscanError
-from idcscan.maps.context import check_context, sigma_in_cells, smooth_probabilities
+from idcscan.maps.context import (
+    check_context,
+    sigma_in_cells,
+    smooth_probabilities,
+    within_reach,
+)
 from idcscan.runtime.labels import area_threshold
 
 
@@ -43,6 +48,26 @@ def test_glass_and_the_slide_edge_do_not_pull_a_uniform_region() -> None:
     assert np.allclose(smooth_probabilities(rows, cols, p, 1.5), 0.8)
     rows, cols, p = _grid(np.full((3, 3), 0.7))  # reaching the grid's own edge
     assert np.allclose(smooth_probabilities(rows, cols, p, 1.0), 0.7)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.5, 1.0, 2.0])
+def test_part_of_a_slide_scored_with_its_reach_maps_as_the_whole_slide(sigma: float) -> None:
+    rng = np.random.default_rng(0)
+    field = rng.uniform(0.01, 0.99, size=(30, 40))
+    field[rng.uniform(size=field.shape) < 0.2] = np.nan  # glass here and there
+    rows, cols, p = _grid(field)
+    whole = smooth_probabilities(rows, cols, p, sigma)
+    part = np.zeros(field.shape, dtype=bool)
+    part[8:17, 11:25] = True  # a drawn region
+    reach = within_reach(part.ravel(), *field.shape, sigma).reshape(field.shape)
+    assert reach[part].all() and reach.sum() < field.size
+    scored = reach[rows, cols]
+    mapped = smooth_probabilities(rows[scored], cols[scored], p[scored], sigma)
+    inside = part[rows, cols]
+    assert np.allclose(mapped[part[rows[scored], cols[scored]]], whole[inside], atol=1e-12)
+    if sigma > 0:  # without the ring the border tiles would read other neighbours
+        alone = smooth_probabilities(rows[inside], cols[inside], p[inside], sigma)
+        assert not np.allclose(alone, whole[inside], atol=1e-3)
 
 
 def test_context_is_measured_in_patches_whatever_the_stride() -> None:

@@ -81,9 +81,11 @@ def test_only_tiles_whose_centre_lies_inside_are_scored(inside, painted_map: Pat
     scored = rows(root / "maps" / "scan" / "tiles.csv")
     whole = rows(painted_map / "maps" / "scan" / "tiles.csv")
     assert set(scored) == EXPECTED and EXPECTED <= set(whole)
-    for corner in EXPECTED:  # the same pixels, the same model: the same P(IDC) alone
-        assert float(scored[corner]["patch_probability"]) == pytest.approx(
-            float(whole[corner]["patch_probability"]), abs=2e-6)
+    for corner in EXPECTED:  # the same pixels, the same model: the same P(IDC) alone, and
+        # read with the same neighbours, those just outside the outline included
+        for column in ("patch_probability", "probability"):
+            assert float(scored[corner][column]) == pytest.approx(
+                float(whole[corner][column]), abs=2e-6), (corner, column)
     tiles = json.loads((root / "maps" / "scan" / "tiles.geojson").read_text())["features"]
     corners = {tuple(int(v) for v in f["geometry"]["coordinates"][0][0]) for f in tiles}
     assert corners == EXPECTED

@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter
 
 from idcscan.errors import IdcscanError
 
 _EPS = 1e-6
+#: the Gaussian reaches this many sigmas (scipy's ``truncate``)
+TRUNCATE = 3.0
 
 
 def smooth_probabilities(
@@ -45,8 +47,8 @@ def smooth_probabilities(
     logit[r, c] = np.log(p / (1.0 - p))
     weight[r, c] = 1.0
     # mode="constant": outside the grid counts as absent, like glass
-    num = gaussian_filter(logit, sigma_cells, mode="constant", truncate=3.0)[r, c]
-    den = gaussian_filter(weight, sigma_cells, mode="constant", truncate=3.0)[r, c]
+    num = gaussian_filter(logit, sigma_cells, mode="constant", truncate=TRUNCATE)[r, c]
+    den = gaussian_filter(weight, sigma_cells, mode="constant", truncate=TRUNCATE)[r, c]
     z = num / np.maximum(den, 1e-12)
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -56,6 +58,25 @@ def sigma_in_cells(context: float, tile: int, stride: int) -> float:
     if context <= 0:
         return 0.0
     return float(context) * tile / max(1, stride)
+
+
+def context_reach(sigma_cells: float) -> int:
+    """How many grid cells away a tile's neighbours still weigh in its mapped P(IDC) (the
+    radius of scipy's kernel), so a map of part of a slide can score that ring around it and
+    give the tiles inside the same mapped P(IDC) as the whole slide's map does."""
+    return int(TRUNCATE * sigma_cells + 0.5) if sigma_cells > 0 else 0
+
+
+def within_reach(tiles: np.ndarray, rows: int, cols: int, sigma_cells: float) -> np.ndarray:
+    """The tiles of a ``rows`` x ``cols`` grid (row-major booleans) that ``tiles`` or their
+    neighbours within :func:`context_reach`: what must be scored to map ``tiles`` exactly."""
+    reach = context_reach(sigma_cells)
+    if reach == 0:
+        return tiles.copy()
+    grid = tiles.reshape(rows, cols)
+    # the kernel is separable, so its support is a square
+    ring = binary_dilation(grid, structure=np.ones((2 * reach + 1, 2 * reach + 1), dtype=bool))
+    return ring.ravel()
 
 
 def check_context(context: float) -> None:

@@ -20,7 +20,12 @@ import numpy as np
 
 from idcscan.errors import IdcscanError
 from idcscan.preprocessing import TRAINING_MPP
-from idcscan.maps.context import check_context, sigma_in_cells, smooth_probabilities
+from idcscan.maps.context import (
+    check_context,
+    sigma_in_cells,
+    smooth_probabilities,
+    within_reach,
+)
 from idcscan.maps.regions import Regions
 from idcscan.maps.slide_map import SlideMap
 from idcscan.runtime.labels import CONTEXT_SIGMA, area_threshold
@@ -169,11 +174,13 @@ def map_slide(
         mask_source, mask, xs, ys, grid.tile, scale_x, mpp, options.tissue.min_tissue_fraction,
         options.qc,
     )  # fmt: skip
-    regions = None
-    if options.regions is not None:  # tiles (and QC'd tiles) whose centres lie inside
+    sigma = sigma_in_cells(options.context, grid.tile, grid.stride)
+    regions, inside = None, None
+    if options.regions is not None:  # tiles (and QC'd tiles) whose centres lie inside,
+        # scored with the ring of tissue around them that their mapped P(IDC) reads
         regions = options.regions.on_slide(grid.width, grid.height, reader.name)
         inside = regions.tiles_inside(grid)
-        tile_index = tile_index[inside[tile_index]]
+        tile_index = tile_index[within_reach(inside, grid.rows, grid.cols, sigma)[tile_index]]
         left_out, kinds = left_out[inside[left_out]], kinds[inside[left_out]]
     qc_index, qc_kind = [left_out], [kinds]
     t_tissue = time.perf_counter() - t0
@@ -204,8 +211,9 @@ def map_slide(
             f"Reading {reader.name} stopped after {done} of {len(tile_index)} tiles."
         )
 
-    qc_index.append(tile_index[~sharp])
-    qc_kind.append(np.full(int(np.count_nonzero(~sharp)), KIND_CODES["blur"], dtype=np.uint8))
+    blurred = ~sharp if inside is None else ~sharp & inside[tile_index]
+    qc_index.append(tile_index[blurred])
+    qc_kind.append(np.full(int(np.count_nonzero(blurred)), KIND_CODES["blur"], dtype=np.uint8))
     tile_index, probabilities = tile_index[sharp], probabilities[sharp]
     order = np.argsort(np.concatenate(qc_index), kind="stable")
     qc_tiles = np.concatenate(qc_index)[order]
@@ -215,9 +223,12 @@ def map_slide(
                 scale_x, blur)  # fmt: skip
 
     rows, cols = np.divmod(tile_index, grid.cols)
-    sigma = sigma_in_cells(options.context, grid.tile, grid.stride)
     patch_probabilities = probabilities
     probabilities = smooth_probabilities(rows, cols, patch_probabilities, sigma)
+    if inside is not None:  # the ring gave its evidence; only the tiles inside are the map
+        keep = inside[tile_index]
+        tile_index, probabilities = tile_index[keep], probabilities[keep]
+        patch_probabilities = patch_probabilities[keep]
     cells = grid.cell_means(tile_index, probabilities)
     if regions is not None:  # a cell belongs where its centre lies, like a tile
         cells[~regions.cells_inside(grid)] = np.nan

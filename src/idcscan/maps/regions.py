@@ -14,7 +14,10 @@ slide's level-0 pixels (origin top-left, y down). What counts:
 A tile belongs to the regions when its centre lies inside them: the rule that already decides
 which output cell a tile paints, so a tile straddling an outline counts on one side only and the
 areas are neither inflated nor shrunk on average. The model still sees the tile's whole field
-of view (200 µm), up to half of which may lie outside the outline.
+of view (200 µm), up to half of which may lie outside the outline. Slide mode reads each tile
+with its neighbours (``maps.context``), so the tissue within that reach outside the outline is
+scored too, as evidence only: a tile inside gets the same mapped P(IDC) as in the whole slide's
+map, wherever the outline was drawn.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from idcscan.slides.tiling import TileGrid
 
 #: QuPath object types that are not regions (QuPath reads a missing type as an annotation)
 NOT_REGIONS = {"detection", "cell", "tile", "tmacore", "tma_core", "root"}
-RULE = ("a tile is scored and counted when its centre lies inside a region; tissue area, IDC "
-        "area, idc_fraction, n_tiles and qc_excluded_mm2 count those tiles only")
+RULE = ("a tile is counted when its centre lies inside a region; tissue area, IDC area, "
+        "idc_fraction, n_tiles and qc_excluded_mm2 count those tiles only, each read with its "
+        "neighbours as in a map of the whole slide (those just outside the regions included)")
 
 
 @dataclass(frozen=True)
