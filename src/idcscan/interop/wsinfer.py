@@ -144,7 +144,10 @@ invasive ductal carcinoma (IDC) or not. Exported by idcscan {__version__} from t
   two outputs, and the `{CLASS_NAMES[1]}` probability is idcscan's P(IDC) for the same patch,
   the model's own test-time augmentation and calibration included. At export the module was
   compared with ONNX Runtime on the bundle itself: {check['patches']} patches, largest
-  difference in P(IDC) {check['max_abs_prob_diff']:.1e}.
+  difference in P(IDC) {check['max_abs_prob_diff']:.1e}. idcscan itself may run the model
+  with OpenVINO in bfloat16 (its `auto` engine on CPUs with native bfloat16), whose P(IDC)
+  differs from float32 by up to a few hundredths; `--runtime onnxruntime` gives the float32
+  figures this export matches.
 - Both tools read a tile of `patch_size_pixels × spacing_um_px / (slide µm per pixel)`
   level-0 pixels and bring it to {p} × {p} px, as idcscan's slide mode does (`wsinfer run`
   with the config's box-filter Resize, the area averaging idcscan uses; QuPath from the
