@@ -174,7 +174,7 @@ def test_one_map_per_client_and_a_bounded_queue(serve) -> None:
         fd = _another_worker_maps(viewer, first, "10.0.0.7")  # this client's first map
         try:
             r = client.post(f"/api/slides/{second}/map")
-            assert r.status_code == 429
+            assert r.status_code == 429 and r.headers["Retry-After"] == "10"
             assert f"POST /api/slides/{first}/map/cancel" in r.json()["error"]
             assert client.get(f"/api/slides/{second}/map").json()["state"] == "none"
             # asking again for the map it has under way is no second job

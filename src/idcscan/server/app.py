@@ -76,9 +76,16 @@ def status_for(exc: IdcscanError) -> int:
     return 400
 
 
+#: seconds a client told 429 waits before asking again: about one small map, or a progress
+#: poll's few turns on a large one
+RETRY_AFTER_S = 10
+
+
 def error_response(status: int, message: str, use: str | None = None) -> JSONResponse:
     # A refused body may still be arriving; closing the connection stops the client sending.
     headers = {"Connection": "close"} if status in (408, 413) else None
+    if status == 429:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     body = {"error": message} if use is None else {"error": message, "use": use}
     return JSONResponse(body, status_code=status, headers=headers)
 
