@@ -62,6 +62,18 @@ def test_models_lists_the_default_with_its_data_and_figures() -> None:
     assert f"AUC {card.model_extra['expected_accuracy']['auc']:.3f}" in text
 
 
+def test_models_counts_the_members_of_an_ensemble() -> None:
+    from idcscan.runtime.bundle import ModelCard
+    from idcscan.runtime.shipped_card import shipped_summary
+
+    card = load_bundle("default").card
+    assert "models averaged" not in shipped_summary(card)["network"]
+    ensemble = ModelCard.model_validate(
+        {**card.model_dump(), "ensemble": {"members": [{"path": "member-0"},
+                                                       {"path": "member-1"}]}})
+    assert "2 models averaged" in shipped_summary(ensemble)["network"]
+
+
 @pytest.mark.skipif(EXAMPLES is None, reason="examples not installed")
 def test_the_example_patches_are_called_as_labelled_by_and_large(tmp_path: Path) -> None:
     """The examples are drawn by a fixed rule, not picked for a right answer, so one may be

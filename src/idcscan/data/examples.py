@@ -22,7 +22,7 @@ from PIL import Image
 from idcscan.data.kaggle import NESTED_DIR, scan
 from idcscan.data.mosaic import build_mosaic
 from idcscan.errors import IdcscanError
-from idcscan.preprocessing import TRAINING_MPP
+from idcscan.preprocessing import PATCH_SIZE, TRAINING_MPP
 
 #: The complete patient whose section ships (571 patches, 35% IDC: both classes in view,
 #: a small file).
@@ -83,7 +83,7 @@ def choose_patches(src: Path, exclude: str, per_class: int = PATCHES_PER_CLASS,
     for f in files:
         counts[f.patient] = counts.get(f.patient, 0) + 1
     grid = {(f.patient, f.x, f.y): f.label for f in files}
-    step = 50
+    step = PATCH_SIZE  # Kaggle's patches tile each slide edge to edge
 
     def interior(f: Any) -> bool:
         return all(grid.get((f.patient, f.x + dx * step, f.y + dy * step)) == f.label

@@ -63,7 +63,7 @@ def shipped_summary(card: ModelCard) -> dict[str, str]:
     models``): short enough for a narrow terminal; the card has the rest."""
     extra = card.model_extra or {}
     tta = extra.get("tta") or {}
-    members = len(extra.get("members") or []) or 1
+    members = len((extra.get("ensemble") or {}).get("members") or []) or 1
     network = (f"{card.backbone}, {card.input_size} px"
                + (f", {members} models averaged" if members > 1 else "")
                + (f", {tta.get('views')} TTA views" if tta.get("in_graph") else ""))
