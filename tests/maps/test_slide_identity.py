@@ -114,6 +114,12 @@ def test_a_rerun_with_another_model_context_or_threshold_is_refused_not_skipped(
         assert refused.exit_code == 2, refused.output
         assert "other settings" in text and words in text and "another --out" in text
     assert summary.stat().st_mtime_ns == mapped_at  # the earlier map untouched
+    # and the other way: a map made with --threshold is not the bundle's default map
+    other = tmp_path / "maps-0.9"
+    assert slide(trained_bundle, path, "--out", other, "--threshold", 0.9).exit_code == 0
+    default = slide(trained_bundle, path, "--out", other)
+    assert default.exit_code == 2 and "--threshold 0.9, not --threshold" in " ".join(
+        default.output.split()), default.output
     recorded = json.loads(summary.read_text())["threshold"]
     same = slide(trained_bundle, path, "--out", out, "--threshold", recorded, "--context", 1)
     assert same.exit_code == 0 and "Skipped 1" in same.output

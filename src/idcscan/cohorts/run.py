@@ -29,7 +29,7 @@ from idcscan.errors import IdcscanError
 from idcscan.maps.failures import record_failure
 from idcscan.maps.mapper import ScaleWarning, SlideOptions
 from idcscan.maps.slide_map import SlideSummary
-from idcscan.maps.identity import map_settings, plan_run
+from idcscan.maps.identity import plan_run
 from idcscan.maps.run import (
     RunReport,
     expand_inputs,
@@ -212,8 +212,8 @@ def run_cohort(
     write_model_card(card.model_dump(mode="json"), out_dir)
 
     result = CohortReport(cluster=spec.describe() if client is None else str(client))
-    wanted = map_settings(card.onnx_sha256, options.context, options.threshold)
-    plan = plan_run(paths, out_dir, slide_name, options.regions_key, wanted)  # a clash stops here
+    # a clash stops here
+    plan = plan_run(paths, out_dir, slide_name, options.regions_key, options.settings(card))
     result.skipped = plan.skipped
     todo = [path for path, _ in plan.todo]
     if todo:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +27,11 @@ from idcscan.maps.context import (
     smooth_probabilities,
     within_reach,
 )
+from idcscan.maps.identity import map_settings
 from idcscan.maps.regions import Regions
 from idcscan.maps.slide_map import SlideMap
 from idcscan.runtime.labels import CONTEXT_SIGMA, area_threshold
+from idcscan.runtime.bundle import ModelCard
 from idcscan.runtime.predictor import Predictor
 from idcscan.slides.qc import KIND_CODES, QCParams, blurry, paint_tiles, screen_tiles
 from idcscan.slides.reader import SlideReader, resize
@@ -78,6 +81,19 @@ class SlideOptions:
         """What a finished folder must have been restricted to for a re-run to skip it
         (``maps.identity.regions_key``): "" for the whole slide."""
         return (self.regions.sha256 or "?") if self.regions is not None else ""
+
+    def area_call(self, card: ModelCard) -> tuple[float, str]:
+        """The P(IDC) from which a tile counts towards the IDC area with ``card``'s model,
+        and where it comes from."""
+        if self.threshold is None:
+            return area_threshold(card)
+        return float(self.threshold), "--threshold"
+
+    def settings(self, card: ModelCard) -> dict[str, Any]:
+        """What a finished folder must have been mapped with for a re-run to skip it
+        (``maps.identity.map_settings``): the model, the context and the area call in force,
+        the bundle's default included."""
+        return map_settings(card.onnx_sha256, self.context, self.area_call(card)[0])
 
 
 class NoScale(IdcscanError):
@@ -141,10 +157,7 @@ def map_slide(
         )
     if options.batch_size < 1:
         raise IdcscanError(f"--batch-size must be at least 1, got {options.batch_size}.")
-    if options.threshold is None:
-        threshold, threshold_rule = area_threshold(card)
-    else:
-        threshold, threshold_rule = float(options.threshold), "--threshold"
+    threshold, threshold_rule = options.area_call(card)
     if not 0.0 <= threshold <= 1.0:
         raise IdcscanError(f"--threshold must be between 0 and 1, got {threshold}.")
     check_context(options.context)

@@ -26,7 +26,7 @@ from idcscan.runtime.predictor import Predictor
 from idcscan.maps.mapper import ProgressFn, SlideOptions, map_slide
 from idcscan.maps.slide_map import SUMMARY_JSON, SlideSummary
 from idcscan.maps.failures import clear_failure, read_failures, record_failure
-from idcscan.maps.identity import fingerprint, map_settings, plan_run
+from idcscan.maps.identity import fingerprint, plan_run
 from idcscan.maps.outputs import write_outputs
 from idcscan.slides.formats import open_slide
 from idcscan.slides.reader import SUPPORTED_SUFFIXES
@@ -211,8 +211,8 @@ def run_slides(
     out_dir = Path(out_dir)
     shard_t = shard if isinstance(shard, tuple) else parse_shard(shard)
     paths = select_shard(expand_inputs(inputs), shard_t)
-    wanted = map_settings(predictor.card.onnx_sha256, options.context, options.threshold)
-    plan = plan_run(paths, out_dir, slide_name, options.regions_key, wanted)  # a clash stops here
+    plan = plan_run(paths, out_dir, slide_name, options.regions_key,
+                    options.settings(predictor.card))  # a clash stops here
     report = RunReport(skipped=plan.skipped)
     with progress_bar(progress, unit="tiles", console=console) as bar:
         for path, content in plan.todo:
