@@ -144,7 +144,7 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     fig_h = max(3.0, fig_w * 0.82 * h / w + 1.3)
     fig = Figure(figsize=(fig_w, fig_h), dpi=max(100, min(220, int(w / (fig_w * 0.8)))))
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.02, 0.1, 0.82, 0.8))
+    ax = fig.add_axes((0.02, 0.1, 0.78, 0.8))  # room for the bar's "IDC area" mark
     ax.imshow(np.asarray(image), interpolation="nearest")
     sx, sy = slide.thumb_downsample
     for poly in polygons:
@@ -164,9 +164,10 @@ def heatmap_figure_png(slide: SlideMap, polygons: list[GridPolygon], fraction: f
     demo = "DEMO MODEL, trained on synthetic data: means nothing.\n" if slide.demo else ""
     where = ("" if slide.regions is None else
              f" inside {slide.regions.count} drawn region(s) (white dashes)")
+    title = (f"{slide.name}: IDC in {fraction:.1%} of {len(slide.probabilities)} tissue tiles"
+             f"{where} (P(IDC) >= {slide.threshold:.2%}, outlined)")
     ax.set_title(
-        f"{demo}{slide.name}: IDC in {fraction:.1%} of {len(slide.probabilities)} tissue tiles"
-        f"{where} (P(IDC) >= {slide.threshold:.2%}, outlined)",
+        demo + "\n".join(textwrap.wrap(title, 90)),
         fontsize=10,
         color="#a3172c" if slide.demo else "black",
     )
